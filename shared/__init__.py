@@ -1,0 +1,3 @@
+"""so101-deploy: the pick-101 seg+depth DrQ-v2 policy on a real SO-101 arm, as a dora-rs dataflow."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,56 @@
+"""The ``so101-deploy`` command line.
+
+Each subcommand lives in its own module with ``configure_parser(parser)`` and ``run(args) -> int``;
+modules are imported only when their command runs, so ``--help`` stays fast and a command's heavy
+dependencies (torch, mujoco) are not loaded by the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "camera-check": ("so101_deploy.camera", "open a camera source and report what it delivers"),
+    "make-video": ("so101_deploy.synthetic", "write the project's generated test video (a cube seen from the wrist)"),
+    "replay-demo": ("so101_deploy.replay_demo", "run the replay dataflow (generated video -> camera -> recorder)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="so101-deploy",
+        description="Run the pick-101 seg+depth DrQ-v2 policy on an SO-101 arm (dora-rs dataflow tools).",
+    )
+    parser.add_argument("--version", action="version", version=f"so101-deploy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        if "--help" in sys.argv or "-h" in sys.argv:
+            # only the requested command's module is imported for its own help
+            if name in sys.argv:
+                importlib.import_module(module).configure_parser(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, _ = parser.parse_known_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    module = importlib.import_module(args._module)
+    # re-parse with the command's own options now that its module is loaded
+    full = argparse.ArgumentParser(prog=f"so101-deploy {args.command}", description=COMMANDS[args.command][1])
+    module.configure_parser(full)
+    return int(module.run(full.parse_args(argv[argv.index(args.command) + 1:])) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
