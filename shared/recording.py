@@ -48,7 +48,9 @@ class TopicWriter:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             schema = pa.schema([("value", value.type)], metadata={"message": self.message})
-            self._writer = pa.ipc.new_file(str(self.path), schema)
+            # zstd keeps committed recordings of camera frames at kilobytes
+            options = pa.ipc.IpcWriteOptions(compression="zstd")
+            self._writer = pa.ipc.new_file(str(self.path), schema, options=options)
         batch = pa.record_batch([value], names=["value"])
         self._writer.write_batch(batch, custom_metadata={"meta": json.dumps(_jsonable(meta))})
         self.count += 1
