@@ -1,0 +1,200 @@
+"""What the pipeline sees and does, for people: a side-by-side video and a run report.
+
+The monitor listens to the camera frames, the masks, the disparities, the actions and the goals
+of a running graph.  It writes
+
+* a video: wrist view | mask (class colours) | disparity (near = bright), one row per frame for
+  which both perception results arrived, plus a still of the last row;
+* a report (JSON and Markdown): frames seen, control rate (goals per second and the spread of
+  the intervals), end-to-end latency (camera capture stamp -> goal received, per goal), the
+  safety events the controller reported, and whether frame ids flowed in order end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .messages import Message
+
+# BGR colours for the real 6 classes and the sim 5 classes (same semantic colour for both).
+REAL6_BGR = np.array([[0, 0, 0], [90, 90, 90], [60, 160, 200], [30, 30, 230], [230, 160, 40], [60, 220, 60]],
+                     np.uint8)
+SIM5_BGR = REAL6_BGR[[1, 2, 3, 4, 5]]
+SIM5_BGR[0] = (90, 90, 90)
+
+TILE_W, TILE_H = 320, 240
+
+
+def colour_mask(mask: np.ndarray, classes: str) -> np.ndarray:
+    lut = SIM5_BGR if classes == "sim5" else REAL6_BGR
+    return lut[np.clip(mask, 0, len(lut) - 1)]
+
+
+def colour_disparity(disp: np.ndarray) -> np.ndarray:
+    d = disp.astype(np.float32)
+    lo, hi = float(d.min()), float(d.max())
+    norm = np.zeros_like(d) if hi - lo <= 1e-12 else (d - lo) / (hi - lo)
+    return cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+
+
+def compose_row(image_bgr: np.ndarray, mask: np.ndarray, classes: str, disparity: np.ndarray,
+                caption: str = "") -> np.ndarray:
+    tiles = [cv2.resize(image_bgr, (TILE_W, TILE_H), interpolation=cv2.INTER_AREA),
+             cv2.resize(colour_mask(mask, classes), (TILE_W, TILE_H), interpolation=cv2.INTER_NEAREST),
+             cv2.resize(colour_disparity(disparity), (TILE_W, TILE_H), interpolation=cv2.INTER_AREA)]
+    for tile, label in zip(tiles, ("wrist camera", f"segmentation ({classes})", "disparity (near = bright)")):
+        cv2.putText(tile, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    row = np.concatenate(tiles, axis=1)
+    if caption:
+        cv2.putText(row, caption, (6, TILE_H - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return row
+
+
+def _percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    a = np.asarray(values, np.float64)
+    return {"n": int(a.size), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "max": float(a.max()), "mean": float(a.mean())}
+
+
+@dataclass
+class Monitor:
+    out_dir: Path
+    fps: float = 10.0
+    keep_frames: int = 32
+    images: "OrderedDict[int, np.ndarray]" = field(default_factory=OrderedDict)
+    masks: dict[int, tuple[np.ndarray, str]] = field(default_factory=dict)
+    disps: dict[int, np.ndarray] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)
+    safety_events: Counter = field(default_factory=Counter)
+    goal_times_s: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    goal_frame_ids: list[int] = field(default_factory=list)
+    action_spaces: Counter = field(default_factory=Counter)
+    episodes: Counter = field(default_factory=Counter)
+    started_s: float = field(default_factory=time.time)
+    _writer: Any = None
+    _last_row: np.ndarray | None = None
+    rows_written: int = 0
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- inputs ----------------------------------------------------------------------------
+    def on_image(self, msg: Message) -> None:
+        self.counts["image"] += 1
+        self.images[msg.frame_id] = np.array(msg.data)  # copy: the Arrow buffer is released after the event
+        while len(self.images) > self.keep_frames:
+            old, _ = self.images.popitem(last=False)
+            self.masks.pop(old, None)
+            self.disps.pop(old, None)
+        self._try_compose(msg.frame_id)
+
+    def on_mask(self, msg: Message) -> None:
+        self.counts["mask"] += 1
+        self.masks[msg.frame_id] = (np.array(msg.data), str(msg.meta.get("classes", "real6")))
+        self._try_compose(msg.frame_id)
+
+    def on_disparity(self, msg: Message) -> None:
+        self.counts["disparity"] += 1
+        self.disps[msg.frame_id] = np.array(msg.data)
+        self._try_compose(msg.frame_id)
+
+    def on_action(self, msg: Message) -> None:
+        self.counts["action"] += 1
+        self.action_spaces[str(msg.meta.get("action_space"))] += 1
+
+    def on_joint_state(self, msg: Message) -> None:
+        self.counts["joint_state"] += 1
+        ep = msg.meta.get("episode_result")
+        if ep:
+            self.episodes[str(ep)] += 1
+
+    def on_goal(self, msg: Message, now_ns: int | None = None) -> None:
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        self.counts["goal"] += 1
+        self.goal_times_s.append(now_ns / 1e9)
+        self.latencies_ms.append((now_ns - msg.stamp_ns) / 1e6)
+        self.goal_frame_ids.append(msg.frame_id)
+        for ev in str(msg.meta.get("events", "")).split(","):
+            if ev.strip():
+                self.safety_events[ev.strip()] += 1
+
+    # --- video -----------------------------------------------------------------------------
+    def _try_compose(self, frame_id: int) -> None:
+        if frame_id not in self.images or frame_id not in self.masks or frame_id not in self.disps:
+            return
+        mask, classes = self.masks.pop(frame_id)
+        row = compose_row(self.images[frame_id], mask, classes, self.disps.pop(frame_id), f"frame {frame_id}")
+        if self._writer is None:
+            h, w = row.shape[:2]
+            self._writer = cv2.VideoWriter(str(self.out_dir / "wrist_view.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                                           self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise RuntimeError(f"monitor: cannot open a video writer at {self.out_dir / 'wrist_view.mp4'}")
+        self._writer.write(row)
+        self._last_row = row
+        self.rows_written += 1
+
+    # --- report ----------------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        intervals_ms = list(np.diff(self.goal_times_s) * 1e3) if len(self.goal_times_s) > 1 else []
+        span_s = (self.goal_times_s[-1] - self.goal_times_s[0]) if len(self.goal_times_s) > 1 else 0.0
+        ids = self.goal_frame_ids
+        return {
+            "wall_s": round(time.time() - self.started_s, 2),
+            "messages": dict(self.counts),
+            "video_rows": self.rows_written,
+            "control_rate_hz": (len(self.goal_times_s) - 1) / span_s if span_s > 0 else 0.0,
+            "goal_interval_ms": _percentiles(intervals_ms),
+            "latency_capture_to_goal_ms": _percentiles(self.latencies_ms),
+            "safety_events": dict(self.safety_events),
+            "action_spaces": dict(self.action_spaces),
+            "episodes": dict(self.episodes),
+            "goal_frame_ids_nondecreasing": all(b >= a for a, b in zip(ids, ids[1:])),
+            "distinct_goal_frame_ids": len(set(ids)),
+        }
+
+    def close(self) -> dict[str, Any]:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._last_row is not None:
+            cv2.imwrite(str(self.out_dir / "wrist_view_still.png"), self._last_row)
+        rep = self.report()
+        (self.out_dir / "report.json").write_text(json.dumps(rep, indent=2))
+        (self.out_dir / "report.md").write_text(render_markdown(rep))
+        return rep
+
+
+def _fmt(p: dict[str, float] | None, unit: str) -> str:
+    if not p:
+        return "n/a"
+    return f"p50 {p['p50']:.1f} {unit}, p90 {p['p90']:.1f} {unit}, max {p['max']:.1f} {unit} (n={p['n']})"
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    lines = [
+        "# so101-deploy run report", "",
+        f"- wall time: {rep['wall_s']} s",
+        f"- messages seen: {rep['messages']}",
+        f"- video rows (frames with mask and disparity): {rep['video_rows']}",
+        f"- control rate: {rep['control_rate_hz']:.1f} Hz (goal interval {_fmt(rep['goal_interval_ms'], 'ms')})",
+        f"- end-to-end latency, camera capture -> goal: {_fmt(rep['latency_capture_to_goal_ms'], 'ms')}",
+        f"- safety events: {rep['safety_events'] or 'none'}",
+        f"- action spaces: {rep['action_spaces']}",
+        f"- episodes: {rep['episodes'] or 'none finished'}",
+        f"- goal frame ids in order: {rep['goal_frame_ids_nondecreasing']} "
+        f"({rep['distinct_goal_frame_ids']} distinct camera frames reached the arm)",
+    ]
+    return "\n".join(lines) + "\n"
