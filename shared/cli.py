@@ -15,6 +15,7 @@ from . import __version__
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("so101_deploy.doctor", "check this machine, and optionally the camera, bus and checkpoints"),
     "camera-check": ("so101_deploy.camera", "open a camera source and report what it delivers"),
     "make-video": ("so101_deploy.synthetic", "write the project's generated test video (a cube seen from the wrist)"),
     "replay-demo": ("so101_deploy.replay_demo", "run the replay dataflow (generated video -> camera -> recorder)"),

