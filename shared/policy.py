@@ -1,0 +1,463 @@
+"""The pick-101 DrQ-v2 policy, rebuilt without robobase: encoder + actor, checkpoint loading, acting.
+
+The module tree of :class:`DrQV2Actor` reproduces robobase's attribute names, so its state-dict
+keys are exactly the snapshot's ``encoder.*`` and ``actor.*`` keys:
+
+- ``encoder.convs_per_cam.0.{0,3,6,9}``: ``Conv2d(6,32,3,s2)`` then 3x ``Conv2d(32,32,3,s1)``, each
+  followed by Identity (norm) and ReLU; input ``x/255 - 0.5``; flattened (C,H,W) -> 39200.
+- ``actor.actor_model.input_preprocess_modules.{fused_view_feats,low_dim_obs}.{0,1}``:
+  Linear -> LayerNorm -> Tanh bottlenecks (50 each), concatenated [image, low_dim].
+- ``actor.actor_model.main_mlp.{0,3,...}``: Linear, Identity, ReLU per layer (no LayerNorm).
+- ``actor.actor_model.out_mlp.0``: Linear to the action; eval action = tanh(out).
+
+Checkpoint formats accepted (:func:`canonical_state_dict`):
+
+- training snapshot ``{"agent": state_dict, "cfg": DictConfig, ...}`` (robobase ``save_snapshot``):
+  ``encoder.*`` and ``actor.*`` are used; ``critic.*``, ``critic_target.*``, the duplicate
+  ``actor_model.*`` and the unused ``hidden_state`` buffers are ignored;
+- the hand-off's ``{"encoder": state_dict, "actor": state_dict}``: the snapshot keys with their first
+  prefix stripped, i.e. ``encoder`` holds ``convs_per_cam.0.*`` and ``actor`` holds ``actor_model.*``
+  (``input_preprocess_modules.*`` etc. without ``actor_model.`` are accepted too);
+- a bare agent state dict (the snapshot's ``agent`` saved on its own).
+
+Sizes (frames, channels, state dim, hidden sizes, action dim) are read from the weights; the
+action dimension says the action space: 4 = ``cartesian`` [dx, dy, dz, gripper], 6 = ``joint_delta``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .messages import ACTION_SPACES, OBS_FRAMES, OBS_SIZE, PROPRIO_DIM
+from .safe_load import CheckpointError, load_checkpoint
+
+ENC = "encoder.convs_per_cam.0."
+ACT = "actor.actor_model."
+ACTION_SPACE_BY_DIM = {v: k for k, v in ACTION_SPACES.items()}
+
+
+# --- architecture ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DrQV2Spec:
+    """The sizes of a DrQ-v2 encoder + actor (defaults: the pick-101 seg+depth run)."""
+
+    frames: int = OBS_FRAMES
+    channels_per_frame: int = 2
+    image_size: int = OBS_SIZE
+    conv_channels: int = 32
+    n_convs: int = 4
+    state_dim: int = PROPRIO_DIM  # per frame
+    feature_dim: int = 50
+    hidden: tuple[int, ...] = (256, 256)
+    action_dim: int = 4
+
+    @property
+    def in_channels(self) -> int:
+        return self.frames * self.channels_per_frame
+
+    @property
+    def conv_out_size(self) -> int:
+        s = (self.image_size - 3) // 2 + 1  # first conv: k3 s2 p0
+        return s - 2 * (self.n_convs - 1)  # then k3 s1 p0
+
+    @property
+    def repr_dim(self) -> int:
+        return self.conv_channels * self.conv_out_size ** 2
+
+    @property
+    def action_space(self) -> str:
+        try:
+            return ACTION_SPACE_BY_DIM[self.action_dim]
+        except KeyError:
+            raise CheckpointError(f"action dimension {self.action_dim} (from {ACT}out_mlp.0.weight) is neither "
+                                  f"4 (cartesian) nor 6 (joint_delta)") from None
+
+
+class _Encoder(nn.Module):
+    def __init__(self, spec: DrQV2Spec):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = spec.in_channels
+        for i in range(spec.n_convs):
+            layers += [nn.Conv2d(c_in, spec.conv_channels, 3, stride=2 if i == 0 else 1), nn.Identity(), nn.ReLU()]
+            c_in = spec.conv_channels
+        self.convs_per_cam = nn.ModuleList([nn.Sequential(*layers)])
+
+
+class _ActorModel(nn.Module):
+    def __init__(self, spec: DrQV2Spec):
+        super().__init__()
+
+        def bottleneck(n_in):
+            return nn.Sequential(nn.Linear(n_in, spec.feature_dim), nn.LayerNorm(spec.feature_dim), nn.Tanh())
+
+        self.input_preprocess_modules = nn.ModuleDict({
+            "fused_view_feats": bottleneck(spec.repr_dim),
+            "low_dim_obs": bottleneck(spec.frames * spec.state_dim),
+        })
+        layers: list[nn.Module] = []
+        n_in = 2 * spec.feature_dim
+        for h in spec.hidden:
+            layers += [nn.Linear(n_in, h), nn.Identity(), nn.ReLU()]
+            n_in = h
+        self.main_mlp = nn.Sequential(*layers)
+        self.out_mlp = nn.Sequential(nn.Linear(n_in, spec.action_dim))
+
+
+class _Actor(nn.Module):
+    def __init__(self, spec: DrQV2Spec):
+        super().__init__()
+        self.actor_model = _ActorModel(spec)
+
+
+class DrQV2Actor(nn.Module):
+    """The DrQ-v2 encoder + actor as one module (see the module doc for the layout).
+
+    ``forward(rgb, low_dim)``: rgb (B, frames, channels, H, W) float32 raw 0-255, low_dim
+    (B, frames, state_dim) -> action (B, action_dim) in [-1, 1] (tanh of the mean).
+    """
+
+    def __init__(self, spec: DrQV2Spec | None = None):
+        super().__init__()
+        self.spec = spec or DrQV2Spec()
+        self.encoder = _Encoder(self.spec)
+        self.actor = _Actor(self.spec)
+
+    def forward(self, rgb: torch.Tensor, low_dim: torch.Tensor) -> torch.Tensor:
+        b = rgb.shape[0]
+        # frames oldest -> newest concatenated on channels: [f0_seg, f0_disp, f1_seg, f1_disp, ...]
+        x = rgb.reshape(b, self.spec.in_channels, rgb.shape[-2], rgb.shape[-1]) / 255.0 - 0.5
+        h = self.encoder.convs_per_cam[0](x).flatten(1)
+        m = self.actor.actor_model
+        feats = torch.cat([m.input_preprocess_modules["fused_view_feats"](h),
+                           m.input_preprocess_modules["low_dim_obs"](low_dim.reshape(b, -1))], dim=1)
+        return torch.tanh(m.out_mlp(m.main_mlp(feats)))
+
+
+# --- checkpoint formats ---------------------------------------------------------------------------
+
+
+def _is_tensor(v: Any) -> bool:
+    return hasattr(v, "shape") and hasattr(v, "dtype") and hasattr(v, "detach")
+
+
+def canonical_state_dict(payload: Any, source: str = "checkpoint") -> tuple[dict[str, Any], str]:
+    """Map any accepted checkpoint payload to ``{encoder.*, actor.actor_model.*}`` keys.
+
+    Returns (state_dict, format name: 'snapshot' | 'handoff' | 'agent_state_dict').
+    """
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(f"{source}: expected a dict checkpoint, got {type(payload).__name__}")
+    if "agent" in payload:
+        agent, fmt = payload["agent"], "snapshot"
+        if not isinstance(agent, Mapping):
+            raise CheckpointError(f"{source}: 'agent' must be a state dict, got {type(agent).__name__}")
+        sd = {k: v for k, v in agent.items() if k.startswith(("encoder.", "actor."))}
+        if not any(k.startswith(ACT) for k in sd):
+            # only the duplicate DrQV2.actor_model.* made it: use it
+            sd.update({"actor." + k: v for k, v in agent.items() if k.startswith("actor_model.")})
+    elif "encoder" in payload and "actor" in payload and isinstance(payload["encoder"], Mapping):
+        fmt = "handoff"
+        enc, act = payload["encoder"], payload["actor"]
+        if not isinstance(act, Mapping):
+            raise CheckpointError(f"{source}: 'actor' must be a state dict, got {type(act).__name__}")
+        sd = {"encoder." + k: v for k, v in enc.items()}
+        for k, v in act.items():
+            sd[("actor." if k.startswith("actor_model.") else ACT) + k] = v
+    elif any(isinstance(k, str) and k.startswith(ENC) for k in payload):
+        fmt = "agent_state_dict"
+        sd = {k: v for k, v in payload.items() if k.startswith(("encoder.", "actor."))}
+    else:
+        keys = sorted(map(str, payload))[:8]
+        raise CheckpointError(f"{source}: not a DrQ-v2 checkpoint: expected a snapshot {{'agent', 'cfg'}}, the "
+                              f"hand-off form {{'encoder', 'actor'}} or an agent state dict with {ENC}* keys; "
+                              f"top-level keys: {keys}")
+    # the recurrent hidden-state buffer is unused by the MLP actor
+    sd = {k: v for k, v in sd.items() if not k.endswith("hidden_state")}
+    for k, v in sd.items():
+        if not _is_tensor(v):
+            raise CheckpointError(f"{source}: {k} is a {type(v).__name__}, expected a tensor")
+    return sd, fmt
+
+
+def _need(sd: Mapping[str, Any], key: str, ndim: int, source: str):
+    if key not in sd:
+        raise CheckpointError(f"{source}: missing key {key!r}")
+    t = sd[key]
+    if t.ndim != ndim:
+        raise CheckpointError(f"{source}: {key} has shape {tuple(t.shape)}, expected {ndim} dimensions")
+    return t
+
+
+def spec_from_state_dict(sd: Mapping[str, Any], source: str = "checkpoint") -> DrQV2Spec:
+    """Read the architecture's sizes from the weights (canonical keys)."""
+    w0 = _need(sd, ENC + "0.weight", 4, source)
+    conv_idx = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(re.escape(ENC) + r"(\d+)\.weight", k)))
+    n_convs = len(conv_idx)
+    if conv_idx != [3 * i for i in range(n_convs)]:
+        raise CheckpointError(f"{source}: encoder conv indices {conv_idx}, expected 0, 3, 6, ... "
+                              f"(Conv, Identity, ReLU per layer)")
+    in_ch = int(w0.shape[1])
+    if in_ch % OBS_FRAMES:
+        raise CheckpointError(f"{source}: {ENC}0.weight has {in_ch} input channels, expected a multiple of "
+                              f"{OBS_FRAMES} frames (seg + disparity per frame = 6)")
+    low = _need(sd, ACT + "input_preprocess_modules.low_dim_obs.0.weight", 2, source)
+    img = _need(sd, ACT + "input_preprocess_modules.fused_view_feats.0.weight", 2, source)
+    if int(low.shape[1]) % OBS_FRAMES:
+        raise CheckpointError(f"{source}: low_dim_obs.0.weight takes {int(low.shape[1])} inputs, expected "
+                              f"{OBS_FRAMES} x state dim")
+    mlp_idx = sorted(int(m.group(1)) for k in sd
+                     if (m := re.fullmatch(re.escape(ACT) + r"main_mlp\.(\d+)\.weight", k)))
+    if mlp_idx != [3 * i for i in range(len(mlp_idx))] or not mlp_idx:
+        raise CheckpointError(f"{source}: main_mlp layer indices {mlp_idx}, expected 0, 3, ... (Linear, "
+                              f"Identity, ReLU per layer, no LayerNorm)")
+    hidden = tuple(int(sd[f"{ACT}main_mlp.{i}.weight"].shape[0]) for i in mlp_idx)
+    out = _need(sd, ACT + "out_mlp.0.weight", 2, source)
+    return DrQV2Spec(frames=OBS_FRAMES, channels_per_frame=in_ch // OBS_FRAMES, image_size=OBS_SIZE,
+                     conv_channels=int(w0.shape[0]), n_convs=n_convs, state_dim=int(low.shape[1]) // OBS_FRAMES,
+                     feature_dim=int(img.shape[0]), hidden=hidden, action_dim=int(out.shape[0]))
+
+
+def build_actor(sd: Mapping[str, Any], source: str = "checkpoint"):
+    """A :func:`DrQV2Actor` with ``sd`` loaded; every key and shape is checked and named on mismatch."""
+    spec = spec_from_state_dict(sd, source)
+    spec.action_space  # noqa: B018 - validates the action dimension
+    model = DrQV2Actor(spec)
+    want = model.state_dict()
+    missing = [k for k in want if k not in sd]
+    if missing:
+        raise CheckpointError(f"{source}: missing key {missing[0]!r}" +
+                              (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = [k for k in sd if k not in want]
+    if extra:
+        raise CheckpointError(f"{source}: unexpected key {extra[0]!r}: the architecture differs from DrQ-v2 "
+                              f"(robobase) as rebuilt here")
+    for k, t in want.items():
+        if tuple(sd[k].shape) != tuple(t.shape):
+            raise CheckpointError(f"{source}: key {k!r} has shape {tuple(sd[k].shape)}, expected "
+                                  f"{tuple(t.shape)} for {spec}")
+        if not sd[k].dtype.is_floating_point:
+            raise CheckpointError(f"{source}: key {k!r} has dtype {sd[k].dtype}, expected floating point")
+        if not bool(torch.isfinite(sd[k]).all()):
+            raise CheckpointError(f"{source}: key {k!r} contains NaN/inf")
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    return model.eval()
+
+
+@dataclass
+class LoadedPolicy:
+    model: Any
+    spec: DrQV2Spec
+    format: str
+    cfg: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_policy(path: str | Path, *, trusted: bool = False) -> LoadedPolicy:
+    """Load a snapshot / hand-off / agent-state-dict file into a CPU model (see module doc)."""
+    payload = load_checkpoint(path, trusted=trusted)
+    sd, fmt = canonical_state_dict(payload, str(path))
+    model = build_actor(sd, str(path))
+    meta = {k: payload[k] for k in ("_pretrain_step", "_main_loop_iterations", "_global_env_episode")
+            if isinstance(payload, Mapping) and k in payload}
+    return LoadedPolicy(model, model.spec, fmt, payload.get("cfg") if fmt == "snapshot" else None, meta)
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+class PolicyRunner:
+    """Runs the actor on one observation: ``act(rgb (3,2,84,84) float32 0-255, low_dim (3,18))``."""
+
+    def __init__(self, model, device: str = "cpu", backend: str = "torch"):
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"policy backend {backend!r}: expected 'torch' or 'onnx'")
+        self.spec: DrQV2Spec = model.spec
+        self.action_space = self.spec.action_space
+        self.device = device
+        self.backend = backend
+        self.model = model.to(device).eval()
+        self._ort = None
+        if backend == "onnx":
+            self._ort = _onnx_session(self.model.cpu(), self.spec, device)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu", backend: str = "torch",
+             trusted: bool = False) -> "PolicyRunner":
+        loaded = load_policy(path, trusted=trusted)
+        runner = cls(loaded.model, device=device, backend=backend)
+        runner.loaded = loaded
+        return runner
+
+    @property
+    def rgb_shape(self) -> tuple[int, ...]:
+        s = self.spec
+        return (s.frames, s.channels_per_frame, s.image_size, s.image_size)
+
+    @property
+    def low_dim_shape(self) -> tuple[int, ...]:
+        return (self.spec.frames, self.spec.state_dim)
+
+    def act(self, rgb_f32: np.ndarray, low_dim: np.ndarray) -> tuple[np.ndarray, str]:
+        """The eval action (tanh of the mean) as float32 (action_dim,), and its action space."""
+        rgb = np.asarray(rgb_f32)
+        low = np.asarray(low_dim)
+        if rgb.shape != self.rgb_shape:
+            raise ValueError(f"policy input rgb: expected shape {self.rgb_shape} (frames, seg+disparity, H, W) "
+                             f"raw 0-255, got {rgb.shape}")
+        if low.shape != self.low_dim_shape:
+            raise ValueError(f"policy input low_dim_state: expected shape {self.low_dim_shape}, got {low.shape}")
+        if not (np.isfinite(rgb).all() and np.isfinite(low).all()):
+            raise ValueError("policy input: expected finite values, got NaN/inf")
+        if rgb.size and (rgb.min() < 0 or rgb.max() > 255):
+            raise ValueError(f"policy input rgb: expected raw values in [0, 255] (the encoder does x/255 - 0.5), "
+                             f"got [{rgb.min()}, {rgb.max()}]")
+        rgb = np.ascontiguousarray(rgb, np.float32)[None]
+        low = np.ascontiguousarray(low, np.float32)[None]
+        if self._ort is not None:
+            out = self._ort.run(None, {"rgb": rgb, "low_dim_state": low})[0]
+        else:
+            with torch.inference_mode():
+                out = self.model(torch.from_numpy(rgb).to(self.device),
+                                 torch.from_numpy(low).to(self.device)).cpu().numpy()
+        action = np.asarray(out, np.float32).reshape(self.spec.action_dim)
+        if not np.isfinite(action).all():
+            raise ValueError(f"policy produced a non-finite action {action}")
+        return np.clip(action, -1.0, 1.0), self.action_space
+
+
+def _onnx_session(model, spec: DrQV2Spec, device: str):
+    import io
+
+    import onnxruntime as ort
+
+    rgb = torch.zeros(1, spec.frames, spec.channels_per_frame, spec.image_size, spec.image_size)
+    low = torch.zeros(1, spec.frames, spec.state_dim)
+    buf = io.BytesIO()
+    torch.onnx.export(model, (rgb, low), buf, input_names=["rgb", "low_dim_state"], output_names=["action"],
+                      opset_version=17, dynamo=False)
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
+        ["CPUExecutionProvider"]
+    providers = [p for p in providers if p in ort.get_available_providers()]
+    return ort.InferenceSession(buf.getvalue(), providers=providers)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+def training_config(action_dim: int = 4):
+    """An OmegaConf config shaped like pick-101's ``drqv2_lift_seg_depth_v19`` run (for fixtures)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
+        "method": {
+            "_target_": "robobase.method.drqv2.DrQV2",
+            "is_rl": True, "num_explore_steps": 2000, "actor_lr": 1e-4, "critic_lr": 1e-4, "encoder_lr": 1e-4,
+            "weight_decay": 0.0, "critic_target_tau": 0.01, "num_critics": 2, "bc_lambda": 0.0,
+            "stddev_schedule": "linear(1.0,0.1,500000)", "stddev_clip": 0.3, "use_augmentation": True,
+            "distributional_critic": False, "always_bootstrap": False,
+            "actor_model": {"_target_": "robobase.models.fully_connected.MLPWithBottleneckFeaturesAndSequenceOutput",
+                            "_partial_": True, "input_time_dim_size": 1, "mlp_nodes": [256, 256],
+                            "output_sequence_network_type": "mlp", "norm_after_bottleneck": True,
+                            "tanh_after_bottleneck": True, "bottleneck_size": 50},
+            "critic_model": {"_target_": "robobase.models.fully_connected.MLPWithBottleneckFeatures",
+                             "_partial_": True, "mlp_nodes": [256, 256], "bottleneck_size": 50},
+            "encoder_model": {"_target_": "robobase.models.encoder.EncoderCNNMultiViewDownsampleWithStrides",
+                              "_partial_": True, "channels": 32, "num_downsample_convs": 1,
+                              "num_post_downsample_convs": 3, "kernel_size": 3, "padding": 0,
+                              "channels_multiplier": 1, "norm": "identity", "activation": "relu"},
+            "view_fusion_model": {"_target_": "robobase.models.fusion.FusionMultiCamFeature", "_partial_": True,
+                                  "mode": "flatten"},
+        },
+        "env": {"env_name": "so101_lift_cube", "obs_type": "seg_depth", "image_size": 84, "episode_length": 200,
+                "curriculum_stage": 3, "reward_version": "v19", "lock_wrist": False, "action_dim": action_dim,
+                "cameras": ["wrist_cam"]},
+        "pixels": True, "visual_observation_shape": [84, 84], "frame_stack": 3, "frame_stack_on_channel": True,
+        "action_repeat": 2, "action_sequence": 1, "num_train_envs": 8, "num_eval_episodes": 10,
+        "num_train_frames": 2000000, "replay_size_before_train": 2000, "batch_size": 256, "norm_obs": False,
+        "demos": 0, "seed": 1, "log_every": 1000, "snapshot_every_n": 200000, "save_snapshot": True,
+        "replay": {"size": 1000000, "nstep": 3, "gamma": 0.99, "num_workers": 4, "pin_memory": True},
+        "experiment_name": "seg_depth_rl", "wandb": {"use": False, "project": None},
+    })
+
+
+def _head_state(prefix: str, spec: DrQV2Spec, gen, out_dim: int, extra_in: int = 0,
+                out_gain: float = 1.0) -> dict[str, Any]:
+    """One MLPWithBottleneckFeatures* head (actor or a critic Q) with PyTorch's default init."""
+    def linear(n_out, n_in, gain=1.0):
+        bound = 1.0 / np.sqrt(n_in)  # nn.Linear's default init range
+        w = (torch.rand(n_out, n_in, generator=gen) * 2 - 1) * bound * gain
+        b = (torch.rand(n_out, generator=gen) * 2 - 1) * bound
+        return w, b
+
+    sd: dict[str, Any] = {}
+    for name, n_in in (("fused_view_feats", spec.repr_dim), ("low_dim_obs", spec.frames * spec.state_dim)):
+        p = f"{prefix}input_preprocess_modules.{name}."
+        sd[p + "0.weight"], sd[p + "0.bias"] = linear(spec.feature_dim, n_in)
+        # not the identity LayerNorm of a fresh model, so a loader that drops it is caught
+        sd[p + "1.weight"] = 1.0 + 0.2 * torch.randn(spec.feature_dim, generator=gen)
+        sd[p + "1.bias"] = 0.1 * torch.randn(spec.feature_dim, generator=gen)
+    n_in = 2 * spec.feature_dim + extra_in
+    for i, h in enumerate(spec.hidden):
+        sd[f"{prefix}main_mlp.{3 * i}.weight"], sd[f"{prefix}main_mlp.{3 * i}.bias"] = linear(h, n_in)
+        n_in = h
+    sd[f"{prefix}out_mlp.0.weight"], sd[f"{prefix}out_mlp.0.bias"] = linear(out_dim, n_in, out_gain)
+    sd[f"{prefix}hidden_state"] = torch.zeros(1, 9, 128)  # robobase's unused recurrent buffer
+    return sd
+
+
+def fixture_agent_state_dict(seed: int = 0, action_dim: int = 4, spec: DrQV2Spec | None = None) -> dict[str, Any]:
+    """A robobase DrQ-v2 agent state dict with random weights: the 98 tensors of a real snapshot.
+
+    Keys and shapes are those of pick-101's snapshot: encoder, actor (with its hidden_state),
+    the duplicate ``actor_model.*`` (same tensors, as in robobase), two critic Q heads and the
+    target critic.  The output layer is scaled (x4) so actions vary with the input yet stay well inside (-1, 1).
+    """
+    spec = spec or DrQV2Spec(action_dim=action_dim)
+    gen = torch.Generator().manual_seed(seed)
+    sd: dict[str, Any] = {}
+    c_in = spec.in_channels
+    for i in range(spec.n_convs):
+        fan_in = c_in * 9
+        bound = 1.0 / np.sqrt(fan_in)
+        sd[f"{ENC}{3 * i}.weight"] = (torch.rand(spec.conv_channels, c_in, 3, 3, generator=gen) * 2 - 1) * bound * 2
+        sd[f"{ENC}{3 * i}.bias"] = (torch.rand(spec.conv_channels, generator=gen) * 2 - 1) * bound
+        c_in = spec.conv_channels
+    actor = _head_state(ACT, spec, gen, spec.action_dim, out_gain=4.0)
+    sd.update(actor)
+    sd.update({k[len("actor."):]: v for k, v in actor.items()})  # DrQV2.actor_model is the same module
+    for q in range(2):
+        critic = _head_state(f"critic.qs.{q}.", spec, gen, 1, extra_in=spec.action_dim)
+        sd.update(critic)
+        # the target starts as a copy; sharing the tensors keeps the fixture file small
+        sd.update({"critic_target." + k[len("critic."):]: v for k, v in critic.items()})
+    return sd
+
+
+def write_fixture_snapshots(out_dir: Path, seed: int = 0) -> dict[str, Path]:
+    """Write a training snapshot and the same weights in the hand-off form; return their paths.
+
+    ``policy_snapshot.pt``: ``{"_pretrain_step", "_main_loop_iterations", "_global_env_episode",
+    "agent": state_dict (98 tensors), "cfg": OmegaConf DictConfig}`` as robobase's ``save_snapshot``;
+    ``policy_handoff.pt``: ``{"encoder": convs_per_cam.0.*, "actor": actor_model.*}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    agent = fixture_agent_state_dict(seed)
+    snapshot = {"_pretrain_step": 0, "_main_loop_iterations": 75000, "_global_env_episode": 3000,
+                "agent": agent, "cfg": training_config()}
+    paths = {"policy_snapshot": out_dir / "policy_snapshot.pt", "policy_handoff": out_dir / "policy_handoff.pt"}
+    torch.save(snapshot, paths["policy_snapshot"])
+    handoff = {"encoder": {k[len("encoder."):]: v for k, v in agent.items() if k.startswith("encoder.")},
+               "actor": {k[len("actor."):]: v for k, v in agent.items() if k.startswith("actor.")}}
+    torch.save(handoff, paths["policy_handoff"])
+    return paths
