@@ -1,0 +1,81 @@
+"""A privileged scripted lift policy: it knows where the cube is and emits the same Cartesian
+actions ``[dx, dy, dz, gripper]`` in [-1, 1] the learned policy emits, so the controller, the IK
+and the safety layer can be shown to close the loop in simulation.
+
+Phases: approach (above the grasp point, jaws open) -> descend -> close -> lift -> hold.
+Positions are the ``gripperframe`` site and the cube centre in the world frame (m).  In this
+MJCF the site sits at the fixed jaw's pad, so the grasp point is beside the cube on the fixed
+jaw's side (-y), and the moving jaw closes toward +y, pressing the cube against the fixed jaw.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ACTION_SCALE_M = 0.02  # controller: one unit of action moves the EE target by 0.02 m
+
+# gripperframe relative to the cube centre when the jaws hold it (m, world frame)
+GRASP_OFFSET_M = np.array([0.0, -0.024, 0.003])
+APPROACH_HEIGHT_M = 0.04  # above the grasp point before descending
+LIFT_TARGET_Z_M = 0.14  # gripperframe height to lift to (cube well above 0.08 m)
+GRIPPER_OPEN = 0.3  # the reset's gripper action: open enough for the 3 cm cube
+GRIPPER_CLOSE = -1.0
+POS_TOLERANCE_M = 0.006
+CLOSE_STEPS = 15  # 0.3 s at 50 Hz for the jaw to close on the cube
+GAIN = 0.5  # fraction of the remaining error commanded per step
+
+PHASES = ("approach", "descend", "close", "lift", "hold")
+
+
+class ScriptedLiftPolicy:
+    """Call :meth:`reset` at every episode start, then :meth:`act` once per control step."""
+
+    def __init__(self, grasp_offset_m: np.ndarray = GRASP_OFFSET_M):
+        self.grasp_offset_m = np.asarray(grasp_offset_m, dtype=np.float64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase = "approach"
+        self._phase_steps = 0
+        self._grasp_point: np.ndarray | None = None
+
+    def _go(self, phase: str) -> None:
+        self.phase = phase
+        self._phase_steps = 0
+
+    @staticmethod
+    def _move(target_m: np.ndarray, gripper_pos_m: np.ndarray) -> np.ndarray:
+        return np.clip(GAIN * (target_m - gripper_pos_m) / ACTION_SCALE_M, -1.0, 1.0)
+
+    def act(self, cube_pos_m: np.ndarray, gripper_pos_m: np.ndarray) -> np.ndarray:
+        """The next action (4,) float32 for the present cube and gripperframe positions."""
+        cube = np.asarray(cube_pos_m, dtype=np.float64)
+        ee = np.asarray(gripper_pos_m, dtype=np.float64)
+        for name, v in (("cube_pos_m", cube), ("gripper_pos_m", ee)):
+            if v.shape != (3,) or not np.all(np.isfinite(v)):
+                raise ValueError(f"ScriptedLiftPolicy.act: {name} must be 3 finite metres, got {v!r}")
+        self._phase_steps += 1
+        grasp = cube + self.grasp_offset_m
+        if self.phase == "approach":
+            target = grasp + [0.0, 0.0, APPROACH_HEIGHT_M]
+            if np.linalg.norm(target - ee) < POS_TOLERANCE_M:
+                self._go("descend")
+            return self._action(self._move(target, ee), GRIPPER_OPEN)
+        if self.phase == "descend":
+            if np.linalg.norm(grasp - ee) < POS_TOLERANCE_M * 0.5 or self._phase_steps > 60:
+                self._grasp_point = grasp
+                self._go("close")
+            return self._action(self._move(grasp, ee), GRIPPER_OPEN)
+        if self.phase == "close":
+            if self._phase_steps >= CLOSE_STEPS:
+                self._go("lift")
+            return self._action(self._move(self._grasp_point, ee), GRIPPER_CLOSE)
+        target = self._grasp_point.copy()
+        target[2] = LIFT_TARGET_Z_M
+        if self.phase == "lift" and abs(target[2] - ee[2]) < POS_TOLERANCE_M:
+            self._go("hold")
+        return self._action(self._move(target, ee), GRIPPER_CLOSE)
+
+    @staticmethod
+    def _action(dxyz: np.ndarray, gripper: float) -> np.ndarray:
+        return np.append(dxyz, gripper).astype(np.float32)
