@@ -79,6 +79,10 @@ SCHEMAS: dict[str, Schema] = {
                doc="'cartesian' [dx, dy, dz, gripper] (dim 4) or 'joint_delta' (dim 6)"),
         Schema("joint_goal", np.dtype(np.float64), (N_JOINTS,), "rad", "joint_goal",
                doc="goal joint positions in JOINT_NAMES order, already inside the safety limits"),
+        Schema("estop", np.dtype(np.uint8), (1,), "0 released, 1 engaged: hold, 2 engaged: release torque",
+               "estop", value_range=(0, 2),
+               doc="emergency stop state; the controller holds its goal while engaged (1 or 2), the servo "
+                   "node releases torque on 2"),
     )
 }
 
