@@ -1,0 +1,426 @@
+"""Camera frames for the pipeline: a live device, a video file or a folder of images, through OpenCV.
+
+:class:`Camera` turns a source setting (``SO101_CAMERA``) into a stream of 640x480 BGR frames with
+a ``frame_id`` that starts at 0 and grows by one per delivered frame (also across loops and
+reopens) and the capture time ``stamp_ns`` (``time.time_ns()``).  It never blocks and never sleeps:
+the node calls :meth:`Camera.poll` on every timer tick and gets a frame or ``None``.
+
+What can go wrong, and what happens:
+
+- a source that does not exist at start: a video file / folder -> :class:`CameraError` (the node
+  exits with the message); a live device (index or ``/dev/video*``) -> reported, then retried
+  with backoff, because a USB camera may be plugged in later;
+- a source that delivers another size than 640x480 -> :class:`CameraError`, unless ``resize`` is
+  on (then INTER_AREA to 640x480);
+- a source that disappears mid-run (unplugged camera, deleted images, a video renamed away before
+  it loops) -> reported once, then reopened with exponential backoff (0.1 s doubling to 2 s), each
+  attempt logged once; frames resume with the next ``frame_id``;
+- a file or folder that ends with ``loop`` off, or ``max_frames`` reached -> reported once, then
+  no more frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+FRAME_WIDTH, FRAME_HEIGHT = 640, 480
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+EXPECTED_SOURCE = ("a device index like 0, a device path like /dev/video0, a video file (.mp4, .avi, ...) "
+                   "or a folder of images (.png, .jpg)")
+
+Log = Callable[[str, str], None]  # (level, message)
+
+
+class CameraError(RuntimeError):
+    """A camera source that cannot be used as configured (the message says what was expected)."""
+
+
+class SourceLost(Exception):
+    """Internal: the source stopped delivering (unplugged device, deleted files)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "device" | "video" | "folder"
+    target: int | str  # device index, or a path
+    text: str  # the setting as written
+
+    @property
+    def live(self) -> bool:
+        return self.kind == "device"
+
+    def describe(self) -> str:
+        if self.kind == "device":
+            return f"camera device {self.target}"
+        return f"{self.kind} {self.target}"
+
+
+@dataclass(frozen=True)
+class Frame:
+    image_bgr: np.ndarray  # 480x640x3 uint8, C-contiguous
+    frame_id: int
+    stamp_ns: int
+
+
+def parse_source(text: str | int, setting: str = "SO101_CAMERA") -> Source:
+    """Read a source setting: ``0`` / ``/dev/video0`` (live), a video file, or a folder of images."""
+    text = str(text).strip()
+    if not text:
+        raise CameraError(f"{setting} is empty; expected {EXPECTED_SOURCE}")
+    if text.isdigit():
+        return Source("device", int(text), text)
+    if text.startswith("/dev/"):
+        return Source("device", text, text)  # may appear later (USB plugged in): retried
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return Source("folder", str(path), text)
+    if path.is_file():
+        return Source("video", str(path), text)
+    raise CameraError(f"{setting}={text!r}: no such file or folder ({path.resolve()}); expected {EXPECTED_SOURCE}")
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+class _CaptureReader:
+    """cv2.VideoCapture of a device or a video file."""
+
+    def __init__(self, source: Source, fps: float):
+        self.source = source
+        self.fps = fps
+        self.cap: cv2.VideoCapture | None = None
+
+    def open(self) -> None:
+        self.release()
+        if self.source.kind == "video" and not Path(self.source.target).is_file():
+            raise SourceLost(f"video file {self.source.target} is missing")
+        if self.source.kind == "device" and isinstance(self.source.target, str) and not os.path.exists(self.source.target):
+            raise SourceLost(f"{self.source.target} does not exist (camera unplugged?)")
+        cap = cv2.VideoCapture(self.source.target)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceLost(f"OpenCV cannot open {self.source.describe()}")
+        if self.source.live:
+            # ask for the pipeline's size and rate; keep only the newest frame so ticks see fresh images
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, FRAME_WIDTH)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, FRAME_HEIGHT)
+            cap.set(cv2.CAP_PROP_FPS, self.fps)
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        self.cap = cap
+
+    def read(self) -> np.ndarray | None:
+        """A frame, or None at the end of a video file; raises SourceLost when a device fails."""
+        assert self.cap is not None
+        ok, image = self.cap.read()
+        if ok and image is not None:
+            return image
+        if self.source.live:
+            raise SourceLost(f"{self.source.describe()} stopped delivering frames")
+        return None
+
+    def release(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class _FolderReader:
+    """Images of a folder in name order."""
+
+    def __init__(self, source: Source, log: Log):
+        self.folder = Path(source.target)
+        self.log = log
+        self.paths: list[Path] = []
+        self.next_index = 0
+        self.last_name: str | None = None
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise SourceLost(f"folder {self.folder} is missing")
+        paths = _list_images(self.folder)
+        if not paths:
+            raise SourceLost(f"folder {self.folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.paths = paths
+        # after a reopen, continue after the last image delivered
+        names = [p.name for p in paths]
+        self.next_index = 0 if self.last_name is None else sum(n <= self.last_name for n in names)
+
+    def read(self) -> np.ndarray | None:
+        while self.next_index < len(self.paths):
+            path = self.paths[self.next_index]
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                if not path.exists():
+                    raise SourceLost(f"image {path} disappeared")
+                self.log("warning", f"skipping {path}: not a readable image")
+                del self.paths[self.next_index]
+                continue
+            self.next_index += 1
+            self.last_name = path.name
+            return image
+        return None
+
+    def rewind(self) -> None:
+        self.last_name = None
+
+    def release(self) -> None:
+        pass
+
+
+def _default_log(level: str, message: str) -> None:
+    from .node import log
+
+    log("camera", level, message)
+
+
+class Camera:
+    """Frames from a :class:`Source` at a limited rate, reopened with backoff when lost.
+
+    ``loop`` (default: on for files and folders) restarts a file or folder at its end;
+    ``resize`` turns frames of another size into 640x480 with INTER_AREA instead of refusing them;
+    ``max_frames`` > 0 stops after that many frames.
+    """
+
+    def __init__(self, source: str | int | Source, *, fps: float = 30.0, loop: bool | None = None,
+                 resize: bool = False, max_frames: int = 0, backoff_initial_s: float = 0.1,
+                 backoff_max_s: float = 2.0, log: Log | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.source = source if isinstance(source, Source) else parse_source(source)
+        if not fps > 0:
+            raise CameraError(f"SO101_CAMERA_FPS must be > 0, got {fps}")
+        self.period_s = 1.0 / fps
+        self.fps = fps
+        self.loop = (not self.source.live) if loop is None else loop
+        self.resize = resize
+        self.max_frames = max_frames
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.log = log or _default_log
+        self.clock = clock
+        self.state = "closed"  # closed | streaming | reconnecting | ended
+        self.next_frame_id = 0
+        self.reopen_attempts = 0  # failed attempts since the source was lost
+        self.reconnects = 0  # successful reopens
+        self.loops = 0
+        self._delay_s = backoff_initial_s
+        self._next_attempt = 0.0
+        self._next_due: float | None = None
+        self._pending: np.ndarray | None = None
+        self._reader = (_FolderReader(self.source, self.log) if self.source.kind == "folder"
+                        else _CaptureReader(self.source, fps))
+
+    @classmethod
+    def from_settings(cls, settings, log: Log | None = None) -> "Camera":
+        """Build from a node's :class:`so101_deploy.node.Settings` (``SO101_CAMERA_*``)."""
+        source = parse_source(settings.str("SO101_CAMERA", required=True))
+        loop_default = not source.live
+        return cls(source,
+                   fps=settings.float("SO101_CAMERA_FPS", 30.0, min=0.1, max=240.0),
+                   loop=settings.bool("SO101_CAMERA_LOOP", loop_default),
+                   resize=settings.bool("SO101_CAMERA_RESIZE", False),
+                   max_frames=settings.int("SO101_CAMERA_MAX_FRAMES", 0, min=0),
+                   log=log)
+
+    # --- opening -----------------------------------------------------------------------------
+
+    def _checked(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        elif image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        if image.dtype != np.uint8:
+            raise CameraError(f"{self.source.describe()} delivers {image.dtype} frames; expected 8-bit BGR")
+        h, w = image.shape[:2]
+        if (h, w) != (FRAME_HEIGHT, FRAME_WIDTH):
+            if not self.resize:
+                raise CameraError(
+                    f"{self.source.describe()} delivers {w}x{h} frames; the pipeline needs "
+                    f"{FRAME_WIDTH}x{FRAME_HEIGHT} BGR. Choose a {FRAME_WIDTH}x{FRAME_HEIGHT} mode/source, or set "
+                    f"SO101_CAMERA_RESIZE=true to resize with INTER_AREA (aspect ratio is not kept)")
+            image = cv2.resize(image, (FRAME_WIDTH, FRAME_HEIGHT), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(image)
+
+    def _open_and_check(self) -> None:
+        """Open the reader and check its first frame (kept, so no frame is lost)."""
+        self._reader.open()
+        first = self._reader.read()
+        if first is None:
+            raise SourceLost(f"{self.source.describe()} delivered no frame")
+        self._pending = self._checked(first)
+
+    def open(self) -> None:
+        """Open the source.  Files and folders must be usable now (else :class:`CameraError`);
+        a live device that is absent is reported and retried by :meth:`poll`."""
+        try:
+            self._open_and_check()
+        except SourceLost as e:
+            if not self.source.live:
+                raise CameraError(f"SO101_CAMERA={self.source.text!r}: {e}; expected {EXPECTED_SOURCE}") from None
+            self.log("error", f"SO101_CAMERA={self.source.text!r}: {e}; retrying (plug the camera in, "
+                              f"or check the index with `so101-deploy camera-check`)")
+            self._lost(self.clock(), announce=False)
+            return
+        self.state = "streaming"
+        self.log("info", f"opened {self.source.describe()} ({FRAME_WIDTH}x{FRAME_HEIGHT} BGR at "
+                         f"{self.fps:g} fps{', looping' if self.loop and not self.source.live else ''})")
+
+    def _lost(self, now: float, reason: str = "", announce: bool = True) -> None:
+        self._reader.release()
+        self._pending = None
+        self.state = "reconnecting"
+        self.reopen_attempts = 0
+        self._delay_s = self.backoff_initial_s
+        self._next_attempt = now + self._delay_s
+        if announce:
+            self.log("error", f"{self.source.describe()} lost: {reason}; reopening in {self._delay_s:g} s "
+                              f"(last frame_id {self.next_frame_id - 1})")
+
+    def _try_reopen(self, now: float) -> None:
+        try:
+            self._open_and_check()
+        except SourceLost as e:
+            self.reopen_attempts += 1
+            self._delay_s = min(self._delay_s * 2, self.backoff_max_s)
+            self._next_attempt = now + self._delay_s
+            self.log("warning", f"reopen attempt {self.reopen_attempts} of {self.source.describe()} failed: {e}; "
+                                f"next in {self._delay_s:g} s")
+            return
+        self.reconnects += 1
+        self.state = "streaming"
+        self.log("info", f"reopened {self.source.describe()} after {self.reopen_attempts + 1} attempt(s); "
+                         f"frames resume at frame_id {self.next_frame_id}")
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _due(self, now: float) -> bool:
+        """Rate limit: a frame every period, tolerant of timer jitter, without bursts after a stall."""
+        if self._next_due is None or now > self._next_due + self.period_s:
+            self._next_due = now
+        if now < self._next_due - 0.5 * self.period_s:
+            return False
+        self._next_due += self.period_s
+        return True
+
+    def _next_image(self) -> np.ndarray | None:
+        if self._pending is not None:
+            image, self._pending = self._pending, None
+            return image
+        image = self._reader.read()
+        if image is None and self.loop and not self.source.live:
+            self.loops += 1
+            if isinstance(self._reader, _FolderReader):
+                self._reader.rewind()
+            # reopen from the path: a file renamed away is noticed here instead of replaying a stale handle
+            self._reader.open()
+            image = self._reader.read()
+        return None if image is None else self._checked(image)
+
+    def poll(self, now: float | None = None) -> Frame | None:
+        """The next frame if one is due, else None.  Raises :class:`CameraError` only for a source
+        that cannot be used as configured (wrong size without resize)."""
+        now = self.clock() if now is None else now
+        if self.state == "closed":
+            self.open()
+        if self.state == "ended":
+            return None
+        if self.state == "reconnecting":
+            if now < self._next_attempt:
+                return None
+            self._try_reopen(now)
+            if self.state != "streaming":
+                return None
+        if not self._due(now):
+            return None
+        try:
+            image = self._next_image()
+        except SourceLost as e:
+            self._lost(now, str(e))
+            return None
+        if image is None:
+            self.state = "ended"
+            self._reader.release()
+            self.log("info", f"end of {self.source.describe()} after {self.next_frame_id} frames "
+                             f"(SO101_CAMERA_LOOP=false); no more frames")
+            return None
+        frame = Frame(image, self.next_frame_id, time.time_ns())
+        self.next_frame_id += 1
+        if self.max_frames and self.next_frame_id >= self.max_frames:
+            self.state = "ended"
+            self._reader.release()
+            self.log("info", f"SO101_CAMERA_MAX_FRAMES={self.max_frames} reached; no more frames")
+        return frame
+
+    def close(self) -> None:
+        self._reader.release()
+        self._pending = None
+        if self.state != "ended":
+            self.state = "closed"
+
+
+# --- so101-deploy camera-check ----------------------------------------------------------------
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="?", default=os.environ.get("SO101_CAMERA"),
+                        help=f"{EXPECTED_SOURCE} (default: $SO101_CAMERA)")
+    parser.add_argument("--frames", type=int, default=30, help="frames to read (default 30)")
+    parser.add_argument("--fps", type=float, default=30.0, help="rate to read at (default 30)")
+    parser.add_argument("--resize", action="store_true", help="resize other sizes to 640x480 (INTER_AREA)")
+    parser.add_argument("--timeout-s", type=float, default=10.0, help="give up after this long (default 10)")
+    parser.add_argument("--save", type=Path, help="write the first frame to this image file")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.source:
+        print(f"camera-check: error: no source given and SO101_CAMERA is not set; expected {EXPECTED_SOURCE}")
+        return 2
+    messages: list[str] = []
+
+    def log(level: str, message: str) -> None:
+        messages.append(message)
+        print(f"  [{level}] {message}")
+
+    try:
+        cam = Camera(args.source, fps=args.fps, loop=False, resize=args.resize, max_frames=args.frames, log=log)
+        print(f"source: {cam.source.describe()} ({cam.source.kind})")
+        cam.open()
+    except CameraError as e:
+        print(f"camera-check: error: {e}")
+        return 2
+    frames: list[Frame] = []
+    start = time.monotonic()
+    try:
+        while len(frames) < args.frames and cam.state != "ended" and time.monotonic() - start < args.timeout_s:
+            frame = cam.poll()
+            if frame is None:
+                time.sleep(0.002)
+                continue
+            if not frames and args.save is not None:
+                cv2.imwrite(str(args.save), frame.image_bgr)
+            frames.append(frame)
+    except CameraError as e:
+        print(f"camera-check: error: {e}")
+        return 2
+    finally:
+        cam.close()
+    if not frames:
+        print(f"camera-check: no frame from {cam.source.describe()} within {args.timeout_s:g} s")
+        return 1
+    span_s = (frames[-1].stamp_ns - frames[0].stamp_ns) / 1e9
+    rate = (len(frames) - 1) / span_s if span_s > 0 else float("nan")
+    ids = [f.frame_id for f in frames]
+    mean_bgr = np.mean([f.image_bgr.reshape(-1, 3).mean(axis=0) for f in frames], axis=0)
+    print(f"frames: {len(frames)} of {FRAME_WIDTH}x{FRAME_HEIGHT}x3 uint8 BGR, frame_id {ids[0]}..{ids[-1]}"
+          f"{' (continuous)' if ids == list(range(ids[0], ids[0] + len(ids))) else ' (GAPS)'}")
+    print(f"rate: {rate:.1f} fps measured (asked {args.fps:g}); mean BGR {np.round(mean_bgr, 1).tolist()}")
+    if args.save is not None:
+        print(f"first frame written to {args.save}")
+    return 0
