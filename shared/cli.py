@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "camera-check": ("so101_deploy.camera", "open a camera source and report what it delivers"),
     "make-video": ("so101_deploy.synthetic", "write the project's generated test video (a cube seen from the wrist)"),
     "replay-demo": ("so101_deploy.replay_demo", "run the replay dataflow (generated video -> camera -> recorder)"),
+    "emulate-bus": ("so101_deploy.emulator", "a software bus of six STS3215 servos on a pty that scservo_sdk talks to"),
 }
 
 

@@ -1,0 +1,570 @@
+"""A software bus of six STS3215 servos behind a pseudo-terminal (``so101-deploy emulate-bus``).
+
+The real ``scservo_sdk`` (and LeRobot) open the pty's slave side like a USB adapter and talk to it
+unchanged.  Each emulated servo has the STS3215 control table (:mod:`.sts3215`) and answers PING,
+READ, WRITE, REG_WRITE/ACTION, SYNC_READ and SYNC_WRITE as the firmware does:
+
+* SYNC_READ replies come back in the order of the ID list, all at once (well inside the SDK's
+  ~34 ms window); broadcast instructions get no reply except PING; nothing is ever echoed;
+  Response_Status_Level 0 answers only PING and READ; bad checksums are dropped silently.
+* Torque_Enable=1 holds the present position (never jumps to a stale Goal_Position register);
+  Goal_Position moves the servo only while torque is on, toward the goal at a bounded speed
+  (``max_speed_sps``, Goal_Velocity if lower; Acceleration ramps the speed, 100 step/s^2 per unit),
+  clamped to Min/Max_Position_Limit.  Torque_Enable 0 (or 2, damping) leaves the servo limp.
+* Present_Position = (encoder - Homing_Offset) mod 4096; Goal_Position is in the same frame.
+* Lock gates persistence: an EEPROM write (address < 40) always changes the live value; it is
+  also persisted (``persisted_eeprom``) only while Lock == 0.  Read-only registers ignore writes.
+  Writing ID re-addresses the servo.  Torque_Enable=128 re-centres (Homing_Offset so present reads 2048).
+
+Not modelled: baud-rate mismatch, Return_Delay_Time, RESET, multi-turn mode, current/temperature.
+
+Fault injection (constructor args and CLI flags), active from ``faults_after_s`` after start:
+``drop_rate`` (a reply is lost), ``corrupt_rate`` (a reply's checksum is wrong), ``silent_ids``
+(those servos neither answer nor act), ``overload_ids`` (Status bit 5 set in every reply and
+Present_Load high).  Randomness is seeded (``seed``) so a run reproduces.
+
+``log_path``: one JSON line per accepted register write
+``{"t": unix_s, "id", "address", "name", "value" (decoded, signed), "inst"}`` -- sync writes too.
+
+In-process use (the simulated arm): ``EmulatedBus(link, calibration, external_motion=True)``;
+the simulator reads :meth:`EmulatedBus.goal_steps` / :meth:`EmulatedBus.torque_enabled` and
+feeds back :meth:`EmulatedBus.set_present_steps`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import select
+import signal
+import sys
+import threading
+import time
+import tty
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from . import sts3215 as sts
+from .calibration import Calibration
+
+DEFAULT_IDS = (1, 2, 3, 4, 5, 6)
+DEFAULT_MAX_SPEED_SPS = 3000.0  # ~ the STS3215's no-load speed (45 rpm)
+OVERLOAD_LOAD = 1000  # Present_Load (0.1 % PWM) reported by an overloaded servo
+
+_TORQUE = sts.REGISTERS["Torque_Enable"]
+_GOAL = sts.REGISTERS["Goal_Position"]
+_OFFSET = sts.REGISTERS["Homing_Offset"]
+_MIN = sts.REGISTERS["Min_Position_Limit"]
+_MAX = sts.REGISTERS["Max_Position_Limit"]
+_LOCK = sts.REGISTERS["Lock"]
+_ID = sts.REGISTERS["ID"]
+_RESPONSE_LEVEL = sts.REGISTERS["Response_Status_Level"]
+
+
+class EmulatedServo:
+    """One STS3215: its register bytes plus the motion state behind the read-only registers."""
+
+    def __init__(self, servo_id: int, encoder_steps: float = 2048.0):
+        self.mem = bytearray(sts.TABLE_END)
+        for reg in sts.REGISTERS.values():
+            self._set_raw(reg, reg.default)
+        self._set_raw(_ID, servo_id)
+        self.persisted_eeprom = bytes(self.mem[: sts.EEPROM_END])
+        self.encoder = float(encoder_steps) % sts.STEPS_PER_TURN
+        self.target = self.present()  # internal position target (present frame)
+        self.velocity_sps = 0.0
+        self.pending: tuple[int, bytes] | None = None  # REG_WRITE waiting for ACTION
+        self.overload = False
+
+    # raw register access
+    def _set_raw(self, reg: sts.Register, raw: int) -> None:
+        self.mem[reg.address: reg.address + reg.size] = bytes(sts.to_bytes(raw, reg.size))
+
+    def get(self, name: str) -> int:
+        reg = sts.REGISTERS[name]
+        return sts.decode_value(reg, sts.from_bytes(self.mem[reg.address: reg.address + reg.size]))
+
+    def set(self, name: str, value: int) -> None:
+        reg = sts.REGISTERS[name]
+        self._set_raw(reg, sts.encode_value(reg, value))
+
+    @property
+    def id(self) -> int:
+        return self.mem[_ID.address]
+
+    @property
+    def torque_on(self) -> bool:
+        return self.mem[_TORQUE.address] == 1
+
+    def present(self) -> float:
+        return (self.encoder - self.get("Homing_Offset")) % sts.STEPS_PER_TURN
+
+    def set_present(self, steps: float) -> None:
+        self.encoder = (float(steps) + self.get("Homing_Offset")) % sts.STEPS_PER_TURN
+
+    def _limit(self, steps: float) -> float:
+        lo, hi = self.get("Min_Position_Limit"), self.get("Max_Position_Limit")
+        if lo == 0 and hi == 0:  # no limit configured
+            lo, hi = 0, sts.MAX_STEP
+        return min(max(steps, lo), hi, sts.MAX_STEP) if lo <= hi else steps
+
+    # motion (built-in model): a bounded-speed approach to the target, optional acceleration ramp
+    def advance(self, dt_s: float, max_speed_sps: float) -> None:
+        if dt_s <= 0:
+            return
+        p = self.present()
+        if not self.torque_on:
+            self.velocity_sps = 0.0
+            self.target = p
+            return
+        speed = max_speed_sps
+        gv = abs(self.get("Goal_Velocity"))
+        if gv > 0:
+            speed = min(speed, gv)
+        err = self.target - p
+        accel = self.mem[sts.REGISTERS["Acceleration"].address] * 100.0  # step/s^2, 0 = unlimited
+        want = math.copysign(speed, err) if abs(err) > 1e-9 else 0.0
+        if accel > 0:
+            want = math.copysign(min(speed, math.sqrt(2 * accel * abs(err))), err) if err else 0.0
+            dv = max(-accel * dt_s, min(accel * dt_s, want - self.velocity_sps))
+            v = self.velocity_sps + dv
+        else:
+            v = want
+        step = v * dt_s
+        if err == 0 or (step * err > 0 and abs(step) >= abs(err)):
+            p_new, v = self.target, 0.0  # arrived (never overshoot)
+        else:
+            p_new = p + step
+        self.velocity_sps = v
+        self.set_present(p_new)
+
+    def refresh_read_only(self) -> None:
+        p = self.present()
+        self.set("Present_Position", int(round(p)) % sts.STEPS_PER_TURN)
+        self.set("Present_Velocity", max(-32767, min(32767, int(round(self.velocity_sps)))))
+        load = OVERLOAD_LOAD if self.overload else min(1000, int(abs(self.target - p)) if self.torque_on else 0)
+        self.set("Present_Load", load)
+        self.set("Present_Goal", int(round(self.target)))
+        moving = self.torque_on and abs(self.target - p) >= 1.0
+        self.mem[sts.REGISTERS["Moving"].address] = 1 if moving else 0
+        status_reg = sts.REGISTERS["Status"].address
+        self.mem[status_reg] = sts.ERR_OVERLOAD if self.overload else 0
+
+    # writes: returns the (address, register, decoded value) writes that took effect, for the log
+    def write(self, address: int, data: bytes) -> list[tuple[int, str | None, int]]:
+        accepted: list[tuple[int, str | None, int]] = []
+        end = min(address + len(data), sts.TABLE_END)
+        old_offset = self.get("Homing_Offset")
+        old_torque = self.mem[_TORQUE.address]
+        changed = bytearray(self.mem)
+        written = set()
+        for a in range(address, end):
+            reg = sts.REGISTER_AT.get(a) or _register_containing(a)
+            if reg is not None and reg.read_only:
+                continue
+            changed[a] = data[a - address]
+            written.add(a)
+        if not written:
+            return accepted
+        self.mem[:] = changed
+        # decode per register touched
+        seen = set()
+        for a in sorted(written):
+            reg = sts.REGISTER_AT.get(a) or _register_containing(a)
+            key = reg.address if reg is not None else a
+            if key in seen:
+                continue
+            seen.add(key)
+            if reg is None:
+                accepted.append((a, None, self.mem[a]))
+            else:
+                accepted.append((reg.address, reg.name, self.get(reg.name)))
+        if any(a < sts.EEPROM_END for a in written) and self.mem[_LOCK.address] == 0:
+            self.persisted_eeprom = bytes(self.mem[: sts.EEPROM_END])
+        # side effects
+        if self.get("Homing_Offset") != old_offset:
+            # the encoder does not move: present changes; hold where the servo is
+            self.target = self.present()
+        names = {n for _, n, _ in accepted}
+        torque = self.mem[_TORQUE.address]
+        if "Torque_Enable" in names:
+            if torque == 128:  # re-centre: present reads 2048 here
+                off = int(round(self.encoder - 2048))
+                off = (off + 2048) % sts.STEPS_PER_TURN - 2048
+                self.set("Homing_Offset", max(-2047, min(2047, off)))
+                self.mem[_TORQUE.address] = 0
+                torque = 0
+            if torque == 1 and old_torque != 1:
+                self.target = self.present()  # hold: never jump to a stale Goal_Position
+                self.velocity_sps = 0.0
+        if "Goal_Position" in names and torque == 1:
+            self.target = self._limit(float(self.get("Goal_Position")))
+        return accepted
+
+
+def _register_containing(address: int) -> sts.Register | None:
+    for reg in sts.REGISTERS.values():
+        if reg.address <= address < reg.address + reg.size:
+            return reg
+    return None
+
+
+class EmulatedBus:
+    """Six (by default) emulated STS3215 on one pty; thread-safe accessors for a simulator."""
+
+    def __init__(self, link_path: str | os.PathLike | None = None, calibration: Calibration | str | None = None,
+                 external_motion: bool = False, ids: Iterable[int] = DEFAULT_IDS,
+                 max_speed_sps: float = DEFAULT_MAX_SPEED_SPS, drop_rate: float = 0.0, corrupt_rate: float = 0.0,
+                 silent_ids: Iterable[int] = (), overload_ids: Iterable[int] = (), seed: int = 0,
+                 faults_after_s: float = 0.0, log_path: str | os.PathLike | None = None,
+                 initial_steps: Mapping[int, float] | None = None):
+        for name, rate in (("drop_rate", drop_rate), ("corrupt_rate", corrupt_rate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"EmulatedBus: {name} must be a probability in [0, 1], got {rate}")
+        if max_speed_sps <= 0:
+            raise ValueError(f"EmulatedBus: max_speed_sps must be > 0, got {max_speed_sps}")
+        self.link_path = Path(link_path) if link_path else None
+        self.external_motion = external_motion
+        self.max_speed_sps = float(max_speed_sps)
+        self.drop_rate, self.corrupt_rate = float(drop_rate), float(corrupt_rate)
+        self.silent_ids, self.overload_ids = set(silent_ids), set(overload_ids)
+        self.faults_after_s = float(faults_after_s)
+        self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        self.servos: dict[int, EmulatedServo] = {}
+        if isinstance(calibration, (str, os.PathLike)):
+            calibration = Calibration.load(calibration)
+        for i in ids:
+            self.servos[i] = EmulatedServo(i)
+        if calibration is not None:
+            # what LeRobot writes to the motors at calibration: offsets and range limits (persisted)
+            for m in calibration.motors:
+                s = self.servos.get(m.id)
+                if s is None:
+                    continue
+                s.set("Homing_Offset", m.homing_offset)
+                s.set("Min_Position_Limit", m.range_min)
+                s.set("Max_Position_Limit", m.range_max)
+                s.persisted_eeprom = bytes(s.mem[: sts.EEPROM_END])
+                s.set_present((m.range_min + m.range_max) / 2.0)  # rest at mid-range (0 rad)
+                s.target = s.present()
+        for i, steps in (initial_steps or {}).items():
+            self.servos[i].set_present(steps)
+            self.servos[i].target = self.servos[i].present()
+        self._log_path = Path(log_path) if log_path else None
+        self._log = None
+        self._master = self._slave = -1
+        self.port: str | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._t_last = time.monotonic()
+        self._t_start = time.monotonic()
+        self.counters = {"packets": 0, "bad_checksum": 0, "dropped": 0, "corrupted": 0, "writes": 0}
+
+    # --- life cycle ---------------------------------------------------------------------------------
+    def start(self) -> "EmulatedBus":
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # raw before the client opens it; the slave fd stays open (no EIO)
+        self.port = os.ttyname(self._slave)
+        if self.link_path is not None:
+            if self.link_path.is_symlink() or self.link_path.exists():
+                if not self.link_path.is_symlink():
+                    raise FileExistsError(f"{self.link_path} exists and is not a symlink; refusing to replace it")
+                self.link_path.unlink()  # a stale link from an earlier run
+            self.link_path.parent.mkdir(parents=True, exist_ok=True)
+            self.link_path.symlink_to(self.port)
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self._log_path, "a", buffering=1)
+        self._t_last = self._t_start = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="emulated-sts3215-bus", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._master = self._slave = -1
+        if self.link_path is not None and self.link_path.is_symlink() and self.port and \
+                os.readlink(self.link_path) == self.port:
+            self.link_path.unlink()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "EmulatedBus":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def path(self) -> str:
+        """What a client opens: the link if one was asked for, else the pty's slave name."""
+        return str(self.link_path) if self.link_path is not None else str(self.port)
+
+    # --- simulator / test API (thread-safe) ---------------------------------------------------------
+    def goal_steps(self) -> dict[int, int]:
+        """The position each servo is driving to (present frame; equals present while torque is off)."""
+        with self._lock:
+            self._advance()
+            return {i: int(round(s.target)) for i, s in self.servos.items()}
+
+    def torque_enabled(self) -> dict[int, bool]:
+        with self._lock:
+            return {i: s.torque_on for i, s in self.servos.items()}
+
+    def present_steps(self) -> dict[int, int]:
+        with self._lock:
+            self._advance()
+            return {i: int(round(s.present())) % sts.STEPS_PER_TURN for i, s in self.servos.items()}
+
+    def set_present_steps(self, steps: Mapping[int, float]) -> None:
+        """Move the joints (``external_motion``: the simulator is the physics)."""
+        with self._lock:
+            for i, v in steps.items():
+                self.servos[i].set_present(v)
+
+    def register(self, servo_id: int, name: str) -> int:
+        with self._lock:
+            self._advance()
+            s = self.servos[servo_id]
+            s.refresh_read_only()
+            return s.get(name)
+
+    def set_faults(self, *, drop_rate: float | None = None, corrupt_rate: float | None = None,
+                   silent_ids: Iterable[int] | None = None, overload_ids: Iterable[int] | None = None) -> None:
+        with self._lock:
+            if drop_rate is not None:
+                self.drop_rate = float(drop_rate)
+            if corrupt_rate is not None:
+                self.corrupt_rate = float(corrupt_rate)
+            if silent_ids is not None:
+                self.silent_ids = set(silent_ids)
+            if overload_ids is not None:
+                self.overload_ids = set(overload_ids)
+
+    # --- protocol -----------------------------------------------------------------------------------
+    def _faults_active(self) -> bool:
+        return time.monotonic() - self._t_start >= self.faults_after_s
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        dt, self._t_last = now - self._t_last, now
+        faults = self._faults_active()
+        for i, s in self.servos.items():
+            s.overload = faults and i in self.overload_ids
+            if not self.external_motion:
+                s.advance(dt, self.max_speed_sps)
+            elif not s.torque_on:
+                s.target = s.present()
+
+    def _servo(self, servo_id: int) -> EmulatedServo | None:
+        """The servo that listens to ``servo_id`` (ids can be rewritten), unless it is silenced."""
+        for s in self.servos.values():
+            if s.id == servo_id:
+                if servo_id in self.silent_ids and self._faults_active():
+                    return None
+                return s
+        return None
+
+    def _reply(self, s: EmulatedServo, params=()) -> bytes:
+        s.refresh_read_only()
+        if self._faults_active():
+            if self.drop_rate and self._rng.random() < self.drop_rate:
+                self.counters["dropped"] += 1
+                return b""
+            pkt = bytearray(sts.status(s.id, s.mem[sts.REGISTERS["Status"].address], params))
+            if self.corrupt_rate and self._rng.random() < self.corrupt_rate:
+                self.counters["corrupted"] += 1
+                pkt[-1] ^= 0x5A
+            return bytes(pkt)
+        return sts.status(s.id, s.mem[sts.REGISTERS["Status"].address], params)
+
+    def _log_writes(self, servo_id: int, writes, inst: str) -> None:
+        self.counters["writes"] += len(writes)
+        if self._log is None:
+            return
+        t = time.time()
+        for address, name, value in writes:
+            self._log.write(json.dumps({"t": t, "id": servo_id, "address": address, "name": name,
+                                        "value": value, "inst": inst}) + "\n")
+
+    def _write(self, s: EmulatedServo, address: int, data: bytes, inst: str) -> None:
+        self._log_writes(s.id, s.write(address, data), inst)
+
+    def handle(self, pkt: sts.Packet) -> bytes:
+        """One instruction packet -> the bytes the bus sends back (possibly none)."""
+        with self._lock:
+            self.counters["packets"] += 1
+            if not pkt.checksum_ok:
+                self.counters["bad_checksum"] += 1
+                return b""
+            self._advance()
+            inst, p = pkt.code, pkt.params
+            if pkt.servo_id == sts.BROADCAST_ID:
+                return self._broadcast(inst, p)
+            s = self._servo(pkt.servo_id)
+            if s is None:
+                return b""
+            answers_all = s.mem[_RESPONSE_LEVEL.address] != 0
+            if inst == sts.PING:
+                return self._reply(s)
+            if inst == sts.READ:
+                if len(p) != 2 or p[0] >= sts.TABLE_END:
+                    return b""
+                s.refresh_read_only()
+                end = min(p[0] + p[1], sts.TABLE_END)
+                return self._reply(s, bytes(s.mem[p[0]:end]))
+            if inst in (sts.WRITE, sts.REG_WRITE):
+                if len(p) < 2 or p[0] >= sts.TABLE_END:
+                    return b""
+                if inst == sts.WRITE:
+                    self._write(s, p[0], p[1:], "write")
+                else:
+                    s.pending = (p[0], bytes(p[1:]))
+                    s.mem[sts.REGISTERS["Async_Write_Flag"].address] = 1
+                return self._reply(s) if answers_all else b""
+            if inst == sts.ACTION:
+                self._action(s)
+                return self._reply(s) if answers_all else b""
+            return b""  # unknown instruction: ignored, like the firmware
+
+    def _action(self, s: EmulatedServo) -> None:
+        if s.pending is not None:
+            address, data = s.pending
+            s.pending = None
+            s.mem[sts.REGISTERS["Async_Write_Flag"].address] = 0
+            self._write(s, address, data, "action")
+
+    def _broadcast(self, inst: int, p: bytes) -> bytes:
+        listening = [s for s in (self._servo(i) for i in sorted(self.servos)) if s is not None]
+        if inst == sts.PING:  # the one broadcast that is answered; staggered by id -> id order
+            return b"".join(self._reply(s) for s in sorted(listening, key=lambda s: s.id))
+        if inst == sts.ACTION:
+            for s in listening:
+                self._action(s)
+            return b""
+        if inst == sts.WRITE and len(p) >= 2:
+            for s in listening:
+                self._write(s, p[0], p[1:], "write")
+            return b""
+        if inst == sts.SYNC_WRITE and len(p) >= 2:
+            address, size = p[0], p[1]
+            body = p[2:]
+            for k in range(0, len(body) - size, size + 1):
+                s = self._servo(body[k])
+                if s is not None:
+                    self._write(s, address, body[k + 1: k + 1 + size], "sync_write")
+            return b""
+        if inst == sts.SYNC_READ and len(p) >= 2:
+            address, size = p[0], p[1]
+            if address >= sts.TABLE_END:
+                return b""
+            out = []
+            for servo_id in p[2:]:  # replies in the order of the ID list
+                s = self._servo(servo_id)
+                if s is None:
+                    continue  # a gap: the SDK times out waiting for this id
+                s.refresh_read_only()
+                out.append(self._reply(s, bytes(s.mem[address: min(address + size, sts.TABLE_END)])))
+            return b"".join(out)
+        return b""
+
+    # --- pty loop -----------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        reader = sts.PacketReader()
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._master], [], [], 0.05)
+            except (OSError, ValueError):
+                return
+            if not ready:
+                continue
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            for pkt in reader.feed(data):
+                reply = self.handle(pkt)
+                if reply:
+                    try:
+                        os.write(self._master, reply)
+                    except OSError:
+                        pass
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def _ids(text: str) -> set[int]:
+    try:
+        out = {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected servo ids like 3 or 3,6, got {text!r}") from None
+    if not all(0 <= i <= sts.MAX_SERVO_ID for i in out):
+        raise argparse.ArgumentTypeError(f"servo ids must be 0..{sts.MAX_SERVO_ID}, got {text!r}")
+    return out
+
+
+def _rate(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
+    return v
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--link", required=True, help="path of the symlink to the pty (what SO101_PORT points at), "
+                                                      "e.g. /tmp/ttySO101")
+    parser.add_argument("--log", help="append one JSON line per accepted register write to this file")
+    parser.add_argument("--calibration", help="LeRobot calibration JSON: homing offsets and range limits are "
+                                              "'in the servos', the arm starts at mid-range (0 rad)")
+    parser.add_argument("--speed", type=float, default=DEFAULT_MAX_SPEED_SPS,
+                        help="max joint speed in steps/s (4096 steps per turn; default %(default)s)")
+    parser.add_argument("--drop-rate", type=_rate, default=0.0, help="probability that a reply is lost")
+    parser.add_argument("--corrupt-rate", type=_rate, default=0.0, help="probability of a bad reply checksum")
+    parser.add_argument("--silent-id", type=_ids, default=set(), help="servo id(s) that never answer, e.g. 3 or 3,6")
+    parser.add_argument("--overload-id", type=_ids, default=set(),
+                        help="servo id(s) reporting the overload bit (Status bit 5) and high Present_Load")
+    parser.add_argument("--faults-after", type=float, default=0.0,
+                        help="seconds after start before the faults begin (default 0: from the start)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault randomness")
+
+
+def run(args: argparse.Namespace) -> int:
+    bus = EmulatedBus(args.link, calibration=args.calibration, max_speed_sps=args.speed, drop_rate=args.drop_rate,
+                      corrupt_rate=args.corrupt_rate, silent_ids=args.silent_id, overload_ids=args.overload_id,
+                      seed=args.seed, faults_after_s=args.faults_after, log_path=args.log)
+    stop = threading.Event()
+
+    def _on_signal(signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    bus.start()
+    try:
+        print(f"emulate-bus: {len(bus.servos)} STS3215 (ids {sorted(bus.servos)}) on {bus.port}, linked at "
+              f"{bus.link_path}; Ctrl-C to stop", flush=True)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        bus.stop()
+        print(f"emulate-bus: stopped ({bus.counters})", file=sys.stderr, flush=True)
+    return 0
