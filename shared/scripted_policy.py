@@ -79,3 +79,37 @@ class ScriptedLiftPolicy:
     @staticmethod
     def _action(dxyz: np.ndarray, gripper: float) -> np.ndarray:
         return np.append(dxyz, gripper).astype(np.float32)
+
+
+CUBE_META = ("cube_x_m", "cube_y_m", "cube_z_m")
+
+
+class ScriptedPolicyRunner:
+    """The scripted policy node's logic: a ``joint_state`` Message carrying the privileged cube
+    position (metadata ``cube_x_m/cube_y_m/cube_z_m``, sent by the sim arm) -> an encoded
+    ``action`` (action_space "cartesian").  The gripperframe position comes from the joints through
+    the project's kinematics; the phases restart whenever the metadata ``episode`` changes."""
+
+    def __init__(self, kinematics=None, policy: ScriptedLiftPolicy | None = None):
+        from .kinematics import Kinematics
+
+        self.kin = kinematics if kinematics is not None else Kinematics()
+        self.policy = policy if policy is not None else ScriptedLiftPolicy()
+        self.episode = None
+
+    def on_joint_state(self, msg) -> tuple[object, dict]:
+        from .messages import MessageError, encode
+
+        missing = [k for k in CUBE_META if k not in msg.meta]
+        if missing:
+            raise MessageError(f"joint_state.metadata: missing {missing}; the scripted policy needs the "
+                               f"privileged cube position the sim arm sends (wire sim_arm/joint_state)")
+        cube = np.array([float(msg.meta[k]) for k in CUBE_META])
+        episode = msg.meta.get("episode")
+        if episode != self.episode:
+            self.policy.reset()
+            self.episode = episode
+        ee = self.kin.site_pose(np.asarray(msg.data[0], dtype=np.float64))[0]
+        action = self.policy.act(cube, ee)
+        return encode("action", action, action_space="cartesian", frame_id=msg.frame_id, stamp_ns=msg.stamp_ns,
+                      phase=self.policy.phase)

@@ -20,7 +20,8 @@ import numpy as np
 
 from . import sim_scene
 from .kinematics import Kinematics, gripper_action_to_rad
-from .messages import JOINT_NAMES, N_JOINTS
+from .messages import JOINT_NAMES, N_JOINTS, encode, now_ns
+from .oracle import OracleSeg, disparity_from_depth
 
 CUBE_XY_M = (0.25, 0.0)
 CUBE_XY_SPREAD_M = 0.02
@@ -64,6 +65,8 @@ class SimArm:
         self._pads = {m.geom(n).id for n in sim_scene.PAD_GEOMS}
         self._site = m.site("gripperframe").id
         self._renderers: dict[str, mujoco.Renderer] = {}
+        self._gain_on = m.actuator_gainprm[self._act].copy()
+        self._bias_on = m.actuator_biasprm[self._act].copy()
         self.step_count = 0
         self.lift_streak = 0
         self.episode = 0
@@ -108,6 +111,14 @@ class SimArm:
         if not np.all(np.isfinite(goal)):
             raise SimError(f"goal_rad: expected finite values, got {goal.tolist()}")
         self.data.ctrl[self._act] = np.clip(goal, self.ctrl_low, self.ctrl_high)
+
+    def set_torque(self, enabled: np.ndarray | bool) -> None:
+        """Torque per joint (6 bools, or one for all): a joint without torque is limp (its position
+        actuator's gain and bias are zeroed), as an STS3215 with Torque_Enable 0."""
+        on = np.broadcast_to(np.asarray(enabled, dtype=bool), (N_JOINTS,))
+        m = self.model
+        m.actuator_gainprm[self._act] = np.where(on[:, None], self._gain_on, 0.0)
+        m.actuator_biasprm[self._act] = np.where(on[:, None], self._bias_on, 0.0)
 
     def goal_rad(self) -> np.ndarray:
         return self.data.ctrl[self._act].copy()
@@ -204,3 +215,160 @@ class SimArm:
         for r in self._renderers.values():
             r.close()
         self._renderers.clear()
+
+
+class SimRunner:
+    """The sim arm node's logic, free of dora: goals in, encoded messages out, episodes managed.
+
+    Each :meth:`tick` is one control step (10 x 2 ms) and returns ``[(output_id, arrow_array,
+    metadata)]`` ready for ``node.send_output``: ``joint_state`` every step (with the privileged
+    cube position as metadata ``cube_x_m/cube_y_m/cube_z_m`` and the episode bookkeeping), and
+    every ``render_every`` steps the wrist ``image`` (when ``camera``) plus, when ``oracle``, the
+    oracle ``mask`` (seg_mask, classes "sim5") and ``disparity`` of the same frame (same frame_id
+    and stamp_ns).  An episode ends on success or after ``episode_steps``; the next tick resets
+    with seed ``seed + episode index`` and reports ``episode`` + 1, ``episode_step`` 0.
+    """
+
+    def __init__(self, sim: SimArm, seed: int = 0, render_every: int = 1, episode_steps: int = EPISODE_STEPS,
+                 camera: bool = True, oracle: bool = False, bus_bridge: "SimBusBridge | None" = None):
+        if render_every < 1 or episode_steps < 0:
+            raise ValueError("SimRunner: render_every must be >= 1 and episode_steps >= 0 (0: never reset)")
+        self.sim = sim
+        self.seed = int(seed)
+        self.render_every = int(render_every)
+        self.episode_steps = int(episode_steps)
+        self.camera = bool(camera)
+        self.oracle_seg = OracleSeg(sim.model) if oracle else None
+        self.state_id = 0
+        self.frame_id = 0
+        self.results: list[dict] = []  # one per finished episode
+        self.sim.reset(self.seed)
+        self._episode_index = 0
+        self.bus_bridge = bus_bridge
+        if bus_bridge is not None:
+            bus_bridge.report()
+
+    def on_goal(self, goal_rad: np.ndarray) -> None:
+        self.sim.apply_goal(goal_rad)
+
+    def episode_over(self) -> bool:
+        if self.episode_steps == 0:  # one endless episode (the bus variant: a real arm never teleports)
+            return False
+        return self.sim.is_success() or self.sim.step_count >= self.episode_steps
+
+    def _finish_episode(self) -> dict:
+        result = {"episode": self.sim.episode, "seed": self.sim.seed, "success": self.sim.is_success(),
+                  "steps": self.sim.step_count}
+        self.results.append(result)
+        self._episode_index += 1
+        self.sim.reset(self.seed + self._episode_index)
+        if self.bus_bridge is not None:
+            self.bus_bridge.report()
+        return result
+
+    def tick(self) -> list[tuple[str, object, dict]]:
+        finished = None
+        if self.episode_over():
+            finished = self._finish_episode()
+        elif self.bus_bridge is not None:
+            self.bus_bridge.apply()
+            self.sim.step()
+            self.bus_bridge.report()
+        else:
+            self.sim.step()
+        stamp = now_ns()
+        cube = self.sim.cube_pos()
+        meta = {"episode": self.sim.episode, "episode_step": self.sim.step_count,
+                "cube_x_m": float(cube[0]), "cube_y_m": float(cube[1]), "cube_z_m": float(cube[2]),
+                "grasped": int(self.sim.is_grasped()), "success": int(self.sim.is_success())}
+        if finished is not None:
+            meta["previous_episode_success"] = int(finished["success"])
+        out = [("joint_state", *encode("joint_state", self.sim.joint_state(), frame_id=self.state_id,
+                                       stamp_ns=stamp, **meta))]
+        self.state_id += 1
+        if (self.camera or self.oracle_seg is not None) and self.sim.step_count % self.render_every == 0:
+            out.extend(self.render_frame(stamp))
+        return out
+
+    def render_frame(self, stamp_ns: int) -> list[tuple[str, object, dict]]:
+        frame = {"frame_id": self.frame_id, "stamp_ns": stamp_ns, "episode": self.sim.episode}
+        out = []
+        if self.camera:
+            out.append(("image", *encode("image", self.sim.render_rgb_bgr(), **frame)))
+        if self.oracle_seg is not None:
+            mask = self.oracle_seg.classes(self.sim.render_seg())
+            out.append(("mask", *encode("seg_mask", mask, classes="sim5", **frame)))
+            out.append(("disparity", *encode("disparity", disparity_from_depth(self.sim.render_depth_m()), **frame)))
+        self.frame_id += 1
+        return out
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+class SimBusBridge:
+    """The simulated arm behind the software servo bus (:class:`so101_deploy.emulator.EmulatedBus`
+    with ``external_motion=True``): the real servo node drives the sim through the real scservo_sdk.
+
+    Before each control step the goal each servo is driving to (Goal_Position steps) becomes the
+    sim's joint goal through the calibration, and a servo without torque makes its joint limp;
+    after the step the simulated joints are reported back as Present_Position steps.
+    """
+
+    def __init__(self, sim: SimArm, bus, calibration):
+        self.sim = sim
+        self.bus = bus
+        self.calibration = calibration
+        self.ids = [calibration.motor(name).id for name in JOINT_NAMES]
+        missing = [i for i in self.ids if i not in bus.torque_enabled()]
+        if missing:
+            raise ValueError(f"SimBusBridge: the bus has no servo with id {missing} (calibration {calibration.source})")
+        self.report()
+
+    def apply(self) -> None:
+        """Bus goals and torque -> sim actuators (call before :meth:`SimArm.step`)."""
+        goals = self.bus.goal_steps()
+        torque = self.bus.torque_enabled()
+        on = np.array([torque[i] for i in self.ids], dtype=bool)
+        goal_rad = self.calibration.steps_to_rad(np.array([goals[i] for i in self.ids], dtype=np.float64))
+        self.sim.set_torque(on)
+        self.sim.apply_goal(np.where(on, goal_rad, self.sim.joint_state()[0]))
+
+    def report(self) -> None:
+        """Sim joints -> Present_Position steps (call after :meth:`SimArm.step`)."""
+        steps = self.calibration.rad_to_steps(self.sim.joint_state()[0])
+        self.bus.set_present_steps({i: float(s) for i, s in zip(self.ids, steps)})
+
+
+def runner_from_settings(settings) -> tuple[SimRunner, object | None]:
+    """Build the sim arm node's logic from its settings (see nodes/sim_arm/main.py); returns
+    (runner, the started EmulatedBus or None).  The caller stops the bus."""
+    from .node import SettingError
+
+    seed = settings.int("SO101_SIM_SEED", 0, min=0)
+    render_every = settings.int("SO101_SIM_RENDER_EVERY", 1, min=1)
+    camera = settings.bool("SO101_SIM_CAMERA", True)
+    oracle = settings.bool("SO101_SIM_ORACLE", False)
+    link = settings.str("SO101_SIM_BUS_LINK")
+    # a real arm never teleports, so the bus variant runs one endless episode unless asked
+    episode_steps = settings.int("SO101_SIM_EPISODE_STEPS", 0 if link else EPISODE_STEPS, min=0)
+    sim = SimArm()
+    bus = bridge = None
+    if link:
+        from .calibration import Calibration
+        from .emulator import EmulatedBus
+
+        cal_path = settings.str("SO101_CALIBRATION")
+        try:
+            calibration = Calibration.load(cal_path) if cal_path else Calibration.example()
+        except (ValueError, OSError) as e:
+            raise SettingError(f"{settings.node}: SO101_CALIBRATION: {e}") from e
+        bus = EmulatedBus(link, calibration=calibration, external_motion=True).start()
+        try:
+            bridge = SimBusBridge(sim, bus, calibration)
+        except Exception:
+            bus.stop()
+            raise
+    runner = SimRunner(sim, seed=seed, render_every=render_every, episode_steps=episode_steps, camera=camera,
+                       oracle=oracle, bus_bridge=bridge)
+    return runner, bus
