@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-video": ("so101_deploy.synthetic", "write the project's generated test video (a cube seen from the wrist)"),
     "replay-demo": ("so101_deploy.replay_demo", "run the replay dataflow (generated video -> camera -> recorder)"),
     "emulate-bus": ("so101_deploy.emulator", "a software bus of six STS3215 servos on a pty that scservo_sdk talks to"),
+    "fixtures": ("so101_deploy.fixtures", "write deterministic random-weight model files in the real checkpoint formats"),
 }
 
 

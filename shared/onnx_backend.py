@@ -1,0 +1,143 @@
+"""onnxruntime backend shared by the perception models (seg, depth).
+
+A model is exported by the project itself from the very weights the torch backend loads, with the
+legacy TorchScript exporter (``dynamo=False``, opset 17) at ONE fixed input shape: Depth Anything's
+head bakes its output size into the graph, so a graph fed another shape returns a wrong-size map
+without any error (models.md, "ONNX export").  Hence the cache file name carries a hash of the
+weights and the input shape, and :class:`OnnxSession` refuses any input of another shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+OPSET = 17
+# bump when the export itself changes (wrapper, opset, names) so stale cache files are not reused
+EXPORT_FORMAT = "v1"
+DEFAULT_CACHE_DIR = Path("~/.cache/so101-deploy/onnx")
+
+
+class OnnxBackendError(RuntimeError):
+    """The onnxruntime backend cannot be built or was fed the wrong input."""
+
+
+def weights_digest(module) -> str:
+    """A short sha256 of a module's state (names, dtypes, shapes and bytes of every tensor)."""
+    import torch
+
+    h = hashlib.sha256(EXPORT_FORMAT.encode())
+    for name, t in module.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16
+            t = t.float()
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_path(cache_dir: str | Path | None, tag: str, digest: str, input_shape: Sequence[int]) -> Path:
+    folder = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    shape = "x".join(str(int(d)) for d in input_shape)
+    return folder / f"{tag}-{digest}-{shape}.onnx"
+
+
+def export_onnx(module, input_shape: Sequence[int], path: str | Path, input_name: str, output_name: str) -> Path:
+    """Export ``module`` (fp32, eval, CPU) at a fixed ``input_shape``; written atomically."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(tuple(int(d) for d in input_shape), dtype=torch.float32)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            # the tracer warns that shapes become constants: exactly what a fixed-shape export means
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), (example,), tmp, dynamo=False, opset_version=OPSET,
+                              input_names=[input_name], output_names=[output_name])
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)  # a crash mid-export never leaves a half-written cache file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise OnnxBackendError(
+                "device cuda with the onnx backend needs onnxruntime's CUDAExecutionProvider (the "
+                f"onnxruntime-gpu package); this onnxruntime offers {ort.get_available_providers()}. "
+                "Use the torch backend on the GPU, or device cpu.")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device != "cpu":
+        raise OnnxBackendError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return ["CPUExecutionProvider"]
+
+
+class OnnxSession:
+    """An onnxruntime session for one fixed-shape graph with one float32 input and one output."""
+
+    def __init__(self, path: str | Path, input_shape: Sequence[int], device: str = "cpu",
+                 threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=_providers(device))
+        except OnnxBackendError:
+            raise
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise OnnxBackendError(f"onnxruntime cannot load {self.path}: {e}") from e
+        inp = self.session.get_inputs()[0]
+        graph_shape = tuple(inp.shape)
+        if graph_shape != self.input_shape:
+            raise OnnxBackendError(f"{self.path}: graph input shape {graph_shape}, expected {self.input_shape}")
+        self.input_name = inp.name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != self.input_shape:
+            got = (getattr(x, "dtype", type(x).__name__), getattr(x, "shape", None))
+            raise OnnxBackendError(
+                f"{self.path.name} was exported for float32 input of shape {self.input_shape}, got "
+                f"{got[0]} {got[1]}; a graph fed another shape would return a wrong-size result")
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0]
+
+
+def session_for(module, input_shape: Sequence[int], tag: str, input_name: str, output_name: str,
+                cache_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None,
+                log=None) -> OnnxSession:
+    """The session for ``module`` at ``input_shape``, exporting it into the cache when missing.
+
+    A cache file that onnxruntime cannot load (truncated by a crash, say) is exported again once.
+    """
+    path = cache_path(cache_dir, tag, weights_digest(module), input_shape)
+    if not path.exists():
+        if log:
+            log(f"exporting {tag} to ONNX at input shape {tuple(input_shape)} -> {path}")
+        export_onnx(module, input_shape, path, input_name, output_name)
+        return OnnxSession(path, input_shape, device, threads)
+    try:
+        return OnnxSession(path, input_shape, device, threads)
+    except OnnxBackendError as e:
+        if "CUDAExecutionProvider" in str(e) or "device must be" in str(e):
+            raise
+        if log:
+            log(f"cached {path} is unusable ({e}); exporting again")
+        export_onnx(module, input_shape, path, input_name, output_name)
+        return OnnxSession(path, input_shape, device, threads)
