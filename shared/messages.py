@@ -153,7 +153,7 @@ def _check_values(schema: Schema, arr: np.ndarray, meta: Mapping[str, Any]) -> N
         bad = ~np.isfinite(arr)
         if bad.any():
             raise MessageError(f"{schema.name}.data: expected finite values, got {int(bad.sum())} NaN/inf "
-                               f"(first at index {np.unravel_index(int(np.argmax(bad)), arr.shape)})")
+                               f"(first at index {tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))})")
     lo_hi = schema.value_range
     if schema.name == "seg_mask":
         lo_hi = (0, 4) if meta.get("classes") == "sim5" else (0, 5)
