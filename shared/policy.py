@@ -461,3 +461,43 @@ def write_fixture_snapshots(out_dir: Path, seed: int = 0) -> dict[str, Path]:
                "actor": {k[len("actor."):]: v for k, v in agent.items() if k.startswith("actor.")}}
     torch.save(handoff, paths["policy_handoff"])
     return paths
+
+
+# --- the node's logic -----------------------------------------------------------------------------
+
+
+class PolicyNode:
+    """observation message -> action message (same frame_id and stamp_ns, ``action_space`` metadata)."""
+
+    def __init__(self, runner: PolicyRunner):
+        self.runner = runner
+
+    def handle(self, msg):
+        import time
+
+        from .messages import encode, split_observation
+
+        rgb, low_dim = split_observation(msg.data)
+        t0 = time.perf_counter()
+        action, space = self.runner.act(rgb, low_dim)
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        return encode("action", action, frame_id=msg.frame_id, stamp_ns=msg.stamp_ns, action_space=space,
+                      latency_ms=round(latency_ms, 3))
+
+
+def policy_runner_from_settings(settings) -> PolicyRunner:
+    """``SO101_POLICY_CHECKPOINT`` (required), ``SO101_POLICY_BACKEND`` (torch|onnx),
+    ``SO101_DEVICE`` (cpu|cuda), ``SO101_POLICY_TRUSTED`` (false: safe loading)."""
+    from .node import SettingError
+    from .safe_load import TRUST_ENV
+
+    path = settings.str("SO101_POLICY_CHECKPOINT", required=True)
+    backend = settings.choice("SO101_POLICY_BACKEND", "torch", ("torch", "onnx"))
+    device = settings.choice("SO101_DEVICE", "cpu", ("cpu", "cuda"))
+    trusted = settings.bool(TRUST_ENV, False)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SettingError(f"{settings.node}: SO101_DEVICE=cuda but torch sees no CUDA GPU")
+    try:
+        return PolicyRunner.load(path, device=device, backend=backend, trusted=trusted)
+    except CheckpointError as e:
+        raise SettingError(f"{settings.node}: SO101_POLICY_CHECKPOINT={path}: {e}") from None
