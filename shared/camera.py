@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +104,12 @@ class _CaptureReader:
         self.release()
         if self.source.kind == "video" and not Path(self.source.target).is_file():
             raise SourceLost(f"video file {self.source.target} is missing")
-        if self.source.kind == "device" and isinstance(self.source.target, str) and not os.path.exists(self.source.target):
-            raise SourceLost(f"{self.source.target} does not exist (camera unplugged?)")
+        if self.source.live:
+            node = self.source.target
+            if isinstance(node, int) and sys.platform.startswith("linux"):
+                node = f"/dev/video{node}"  # the V4L2 node of an index: a clear message, no OpenCV warnings
+            if isinstance(node, str) and not os.path.exists(node):
+                raise SourceLost(f"{node} does not exist (camera unplugged?)")
         cap = cv2.VideoCapture(self.source.target)
         if not cap.isOpened():
             cap.release()
@@ -204,7 +209,7 @@ class Camera:
         self.max_frames = max_frames
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
-        self.log = log or _default_log
+        self.log = log if log is not None else _default_log
         self.clock = clock
         self.state = "closed"  # closed | streaming | reconnecting | ended
         self.next_frame_id = 0
@@ -257,7 +262,7 @@ class Camera:
             raise SourceLost(f"{self.source.describe()} delivered no frame")
         self._pending = self._checked(first)
 
-    def open(self) -> None:
+    def open(self, now: float | None = None) -> None:
         """Open the source.  Files and folders must be usable now (else :class:`CameraError`);
         a live device that is absent is reported and retried by :meth:`poll`."""
         try:
@@ -267,7 +272,7 @@ class Camera:
                 raise CameraError(f"SO101_CAMERA={self.source.text!r}: {e}; expected {EXPECTED_SOURCE}") from None
             self.log("error", f"SO101_CAMERA={self.source.text!r}: {e}; retrying (plug the camera in, "
                               f"or check the index with `so101-deploy camera-check`)")
-            self._lost(self.clock(), announce=False)
+            self._lost(self.clock() if now is None else now, announce=False)
             return
         self.state = "streaming"
         self.log("info", f"opened {self.source.describe()} ({FRAME_WIDTH}x{FRAME_HEIGHT} BGR at "
@@ -329,7 +334,7 @@ class Camera:
         that cannot be used as configured (wrong size without resize)."""
         now = self.clock() if now is None else now
         if self.state == "closed":
-            self.open()
+            self.open(now)
         if self.state == "ended":
             return None
         if self.state == "reconnecting":
