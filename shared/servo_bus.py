@@ -1,0 +1,377 @@
+"""The SO-101's six STS3215 through ``scservo_sdk`` (feetech-servo-sdk 1.0.0), in radians.
+
+:class:`ServoBus` opens the serial port at 1 Mbps, checks that servos 1-6 answer with model 777
+(handshake), configures them as LeRobot's ``SO101Follower`` does, sync-reads the present state
+(with retries; every failed attempt counted by kind), sync-writes goal positions, and switches
+torque.  Angles go through :class:`~so101_deploy.calibration.Calibration`.
+
+Robustness beyond the stock SDK:
+
+* The stock ``PortHandler.clearPort`` only flushes output, so the rest of a failed SYNC_READ's
+  replies would be taken as answers to the next request; :class:`_PortHandler` also discards
+  pending input (as Feetech's newer SDK does).
+* A SYNC_READ stops at the first servo that does not answer; the attempts of one read are merged
+  (each servo's data is kept from the attempt that got it) so one lost reply does not lose the
+  whole arm.  A servo that misses ``absent_after`` reads in a row is taken out of the sync read
+  (it would cost a ~35 ms timeout on every read) and probed again every ``probe_interval_s``;
+  its last value is reported as stale (``Reading.missing_ids``).
+* Torque release first broadcasts Torque_Enable=0 (one packet reaches every servo, no reply to
+  lose), then writes and confirms it per servo.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scservo_sdk as scs
+
+from . import sts3215 as sts
+from .calibration import Calibration
+from .messages import JOINT_NAMES, N_JOINTS
+
+READ_START = sts.REGISTERS["Present_Position"].address  # 56
+READ_LENGTH = sts.REGISTERS["Status"].address + 1 - READ_START  # 56..65: position .. Status (10 bytes)
+GOAL = sts.REGISTERS["Goal_Position"]
+
+# LeRobot SO101Follower.configure() values (v0.6.1)
+CONFIGURE_ALL = (("Return_Delay_Time", 0), ("Maximum_Acceleration", 254), ("Acceleration", 254))
+CONFIGURE_PID = (("Operating_Mode", 0), ("P_Coefficient", 16), ("I_Coefficient", 0), ("D_Coefficient", 32))
+CONFIGURE_GRIPPER = (("Max_Torque_Limit", 500), ("Protection_Current", 250), ("Overload_Torque", 25))
+PHASE_MULTI_TURN_BIT = 0x10
+
+
+class ServoBusError(RuntimeError):
+    """The bus cannot be used: port missing, servos not answering, wrong model, a write not acknowledged."""
+
+
+class _PortHandler(scs.PortHandler):
+    """The SDK's port handler; ``clearPort`` also drops stale replies (see module docstring)."""
+
+    def clearPort(self):
+        self.ser.flush()
+        self.ser.reset_input_buffer()
+
+
+@dataclass
+class Reading:
+    """One read of the arm.  ``steps``/``positions_rad`` hold the last known value of missing servos."""
+
+    steps: np.ndarray  # (6,) int64, Present_Position
+    positions_rad: np.ndarray  # (6,)
+    load: np.ndarray  # (6,) Present_Load, 0.1 % PWM, signed
+    status: dict[int, int]  # id -> Status register (error bits)
+    missing_ids: list[int]  # servos with no fresh data in this read
+    overload_ids: list[int]
+    attempts: int
+    failed_attempts: int
+    read_ms: float
+    stamp_s: float  # time.monotonic() at the end of the read
+    fresh: np.ndarray = field(default_factory=lambda: np.ones(N_JOINTS, bool))  # (6,) per joint
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing_ids
+
+
+class ServoBus:
+    def __init__(self, port: str, calibration: Calibration, baudrate: int = sts.DEFAULT_BAUDRATE,
+                 read_retries: int = 2, write_retries: int = 3, absent_after: int = 3,
+                 probe_interval_s: float = 0.5):
+        if read_retries < 0 or write_retries < 0:
+            raise ValueError("ServoBus: retries must be >= 0")
+        self.port_name = str(port)
+        self.calibration = calibration
+        self.ids = [int(i) for i in calibration.ids]
+        self.names = dict(zip(self.ids, JOINT_NAMES))
+        self.baudrate = baudrate
+        self.read_retries = read_retries
+        self.write_retries = write_retries
+        self.absent_after = absent_after
+        self.probe_interval_s = probe_interval_s
+        self.errors = collections.Counter()  # kind -> count, e.g. "read_timeout", "read_corrupt"
+        self.reads = 0
+        self._port: _PortHandler | None = None
+        self._ph = scs.PacketHandler(0)  # protocol 0: STS/SMS, little-endian words
+        self._last_steps = np.zeros(N_JOINTS, np.int64)
+        self._have_steps = np.zeros(N_JOINTS, bool)
+        self._miss_streak = dict.fromkeys(self.ids, 0)
+        self._absent: dict[int, float] = {}  # id -> time of the next probe
+        self._sync_read: scs.GroupSyncRead | None = None
+        self._sync_ids: list[int] = []
+
+    # --- connection -------------------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._port is not None and self._port.is_open
+
+    def connect(self, handshake: bool = True) -> None:
+        port = _PortHandler(self.port_name)
+        try:
+            opened = port.openPort() and port.setBaudRate(self.baudrate)
+        except Exception as e:  # noqa: BLE001 - pyserial raises SerialException/OSError/ValueError
+            raise ServoBusError(f"cannot open servo bus port {self.port_name!r}: {e} (is the adapter plugged in, "
+                                f"or `so101-deploy emulate-bus --link {self.port_name}` running?)") from None
+        if not opened:
+            raise ServoBusError(f"cannot open servo bus port {self.port_name!r} at {self.baudrate} bit/s")
+        self._port = port
+        if handshake:
+            try:
+                self.handshake()
+            except Exception:
+                self.close(release_torque=False)
+                raise
+
+    def _idle_port(self) -> _PortHandler:
+        if self._port is None or not self._port.is_open:
+            raise ServoBusError(f"servo bus {self.port_name!r} is not open (call connect() first)")
+        self._port.is_using = False  # an exchange cut short (signal) must not leave the SDK "busy"
+        return self._port
+
+    def handshake(self) -> None:
+        """Ping servos 1-6 (PING + model read); raise naming every missing or wrong servo."""
+        port = self._idle_port()
+        missing, wrong = [], []
+        for i in self.ids:
+            for _ in range(self.write_retries + 1):
+                model, result, _err = self._ph.ping(port, i)
+                if result == scs.COMM_SUCCESS:
+                    break
+                self.errors["ping_failed"] += 1
+            if result != scs.COMM_SUCCESS:
+                missing.append(f"{self.names[i]} (id {i})")
+            elif model != sts.MODEL_NUMBER:
+                wrong.append(f"{self.names[i]} (id {i}) is model {model}")
+        if missing or wrong:
+            parts = []
+            if missing:
+                parts.append(f"no answer from {', '.join(missing)}")
+            if wrong:
+                parts.append(f"expected STS3215 (model {sts.MODEL_NUMBER}) but {', '.join(wrong)}")
+            raise ServoBusError(f"servo bus {self.port_name}: {'; '.join(parts)} -- check power, cabling and ids "
+                                f"(LeRobot `lerobot-setup-motors`)")
+
+    def close(self, release_torque: bool = True) -> list[int]:
+        """Optionally release torque, then close the port.  Returns ids whose release was not confirmed."""
+        unconfirmed: list[int] = []
+        if self.is_open:
+            try:
+                if release_torque:
+                    unconfirmed = self.set_torque(False)
+            finally:
+                self._port.closePort()
+        self._port = None
+        return unconfirmed
+
+    # --- register access ---------------------------------------------------------------------------
+    def write_register(self, servo_id: int, name: str, value: int, retries: int | None = None) -> int:
+        """Write one register (with retries); returns the servo's status byte; raises if never acknowledged."""
+        reg = sts.register(name)
+        raw = sts.encode_value(reg, value)
+        tries = (self.write_retries if retries is None else retries) + 1
+        result = scs.COMM_TX_FAIL
+        for _ in range(tries):
+            port = self._idle_port()
+            if reg.size == 1:
+                result, err = self._ph.write1ByteTxRx(port, servo_id, reg.address, raw)
+            else:
+                result, err = self._ph.write2ByteTxRx(port, servo_id, reg.address, raw)
+            if result == scs.COMM_SUCCESS:
+                return err
+            self.errors["write_failed"] += 1
+        raise ServoBusError(f"{self.names.get(servo_id, servo_id)} (id {servo_id}): write {name}={value} not "
+                            f"acknowledged after {tries} tries: {self._ph.getTxRxResult(result)}")
+
+    def read_register(self, servo_id: int, name: str, retries: int | None = None) -> int:
+        reg = sts.register(name)
+        tries = (self.write_retries if retries is None else retries) + 1
+        result = scs.COMM_TX_FAIL
+        for _ in range(tries):
+            data, result, _err = self._ph.readTxRx(self._idle_port(), servo_id, reg.address, reg.size)
+            if result == scs.COMM_SUCCESS and len(data) == reg.size:
+                return sts.decode_value(reg, sts.from_bytes(data))
+            self.errors["read_failed"] += 1
+        raise ServoBusError(f"{self.names.get(servo_id, servo_id)} (id {servo_id}): read {name} failed after "
+                            f"{tries} tries: {self._ph.getTxRxResult(result)}")
+
+    def configure(self) -> None:
+        """LeRobot's SO101Follower configuration, torque left OFF (the caller enables it after
+        setting Goal_Position to the present pose)."""
+        for i in self.ids:
+            self.write_register(i, "Torque_Enable", 0)
+            self.write_register(i, "Lock", 0)  # EEPROM writes below persist only with Lock 0
+        for i in self.ids:
+            for name, value in CONFIGURE_ALL:
+                self.write_register(i, name, value)
+            phase = self.read_register(i, "Phase")
+            if phase & PHASE_MULTI_TURN_BIT:  # multi-turn feedback gives positions > 4095
+                self.write_register(i, "Phase", phase & ~PHASE_MULTI_TURN_BIT)
+        for i in self.ids:
+            for name, value in CONFIGURE_PID:
+                self.write_register(i, name, value)
+        gripper = self.calibration.motor("gripper").id
+        for name, value in CONFIGURE_GRIPPER:  # LeRobot: avoid burning the gripper motor
+            self.write_register(gripper, name, value)
+        for i in self.ids:
+            self.write_register(i, "Lock", 1)
+
+    # --- torque -------------------------------------------------------------------------------------
+    def set_torque(self, enabled: bool) -> list[int]:
+        """Torque on (Torque_Enable 1, Lock 1) or off (broadcast 0, then per servo 0 and Lock 0).
+
+        Returns the ids that did not acknowledge (never raises when releasing)."""
+        failed: list[int] = []
+        if not enabled:
+            try:  # one broadcast packet reaches every listening servo even when replies are lost
+                port = self._idle_port()
+                self._ph.write1ByteTxOnly(port, scs.BROADCAST_ID, sts.REGISTERS["Torque_Enable"].address, 0)
+                port.is_using = False
+            except Exception:  # noqa: BLE001 - keep going to the per-servo writes
+                self.errors["torque_broadcast_failed"] += 1
+        for i in self.ids:
+            try:
+                if enabled:
+                    self.write_register(i, "Torque_Enable", 1)
+                    self.write_register(i, "Lock", 1)
+                else:
+                    retries = 0 if i in self._absent else self.write_retries
+                    self.write_register(i, "Torque_Enable", 0, retries=retries)
+                    self.write_register(i, "Lock", 0, retries=retries)
+            except ServoBusError:
+                failed.append(i)
+            except Exception:  # noqa: BLE001 - a dead port must not stop the release of the others
+                self.errors["torque_write_error"] += 1
+                failed.append(i)
+        if failed and enabled:
+            raise ServoBusError(f"torque on not acknowledged by ids {failed}")
+        return failed
+
+    def torque_enabled(self) -> dict[int, bool]:
+        return {i: self.read_register(i, "Torque_Enable") == 1 for i in self.ids}
+
+    # --- goals --------------------------------------------------------------------------------------
+    def write_goal_steps(self, steps: np.ndarray) -> None:
+        """SYNC_WRITE Goal_Position (6,) steps (no reply by protocol)."""
+        steps = np.asarray(steps)
+        if steps.shape != (N_JOINTS,) or not np.all((steps >= 0) & (steps <= sts.MAX_STEP)):
+            raise ServoBusError(f"goal steps must be ({N_JOINTS},) in 0..{sts.MAX_STEP}, got {steps}")
+        group = scs.GroupSyncWrite(self._idle_port(), self._ph, GOAL.address, GOAL.size)
+        for i, s in zip(self.ids, steps):
+            group.addParam(i, sts.to_bytes(sts.encode_value(GOAL, int(s)), GOAL.size))
+        result = group.txPacket()
+        self._port.is_using = False
+        if result != scs.COMM_SUCCESS:
+            self.errors["write_failed"] += 1
+            raise ServoBusError(f"goal sync write failed: {self._ph.getTxRxResult(result)}")
+
+    def write_goal_rad(self, goal_rad: np.ndarray) -> np.ndarray:
+        """Goal angles (6,) rad -> steps (rounded, inside the calibrated range) -> SYNC_WRITE; returns the steps."""
+        steps = self.calibration.rad_to_steps(goal_rad)
+        self.write_goal_steps(steps)
+        return steps
+
+    # --- reading ------------------------------------------------------------------------------------
+    def _group(self, ids: list[int]) -> scs.GroupSyncRead:
+        if self._sync_read is None or ids != self._sync_ids or self._sync_read.port is not self._port:
+            self._sync_read = scs.GroupSyncRead(self._port, self._ph, READ_START, READ_LENGTH)
+            for i in ids:
+                self._sync_read.addParam(i)
+            self._sync_ids = list(ids)
+        return self._sync_read
+
+    def read(self) -> Reading:
+        """Sync-read position..Status of all servos (1 + read_retries attempts, merged)."""
+        t0 = time.monotonic()
+        self._idle_port()
+        now = t0
+        probe = [i for i, due in self._absent.items() if now >= due]
+        ids = [i for i in self.ids if i not in self._absent]
+        fresh: dict[int, list[int]] = {}
+        blamed: set[int] = set()  # the servo each failed attempt stopped at
+        timed_out: set[int] = set()  # ... when it stopped because that servo was silent (not garbled)
+        attempts = failed = 0
+        pending = list(ids)
+        for _ in range(self.read_retries + 1):
+            if not pending:
+                break
+            attempts += 1
+            group = self._group(pending)
+            for i in pending:
+                group.data_dict[i] = []  # data of earlier reads must never pass as fresh
+            self._idle_port()
+            result = group.txRxPacket()
+            for i in pending:
+                data = group.data_dict.get(i) or []
+                if len(data) >= READ_LENGTH:
+                    fresh[i] = list(data[:READ_LENGTH])
+            if result == scs.COMM_SUCCESS:
+                break
+            failed += 1
+            self.errors["read_timeout" if result == scs.COMM_RX_TIMEOUT else
+                        "read_corrupt" if result == scs.COMM_RX_CORRUPT else "read_failed"] += 1
+            remaining = [i for i in pending if i not in fresh]
+            if not remaining:
+                break
+            # the SDK stops at the first servo that fails: retry the others first, that one last
+            culprit = remaining[0]
+            if culprit in blamed and len(remaining) == 1:
+                if result == scs.COMM_RX_TIMEOUT:
+                    timed_out.add(culprit)
+                break  # the same servo failed twice and nobody else is waiting
+            blamed.add(culprit)
+            if result == scs.COMM_RX_TIMEOUT:
+                timed_out.add(culprit)
+            pending = remaining[1:] + [culprit]
+        for i in probe:  # an absent servo: one plain READ to see whether it is back
+            data, result, _err = self._ph.readTxRx(self._idle_port(), i, READ_START, READ_LENGTH)
+            if result == scs.COMM_SUCCESS and len(data) >= READ_LENGTH:
+                fresh[i] = list(data[:READ_LENGTH])
+                del self._absent[i]
+            else:
+                self._absent[i] = now + self.probe_interval_s
+        status: dict[int, int] = {}
+        load = np.zeros(N_JOINTS, np.float64)
+        fresh_mask = np.zeros(N_JOINTS, bool)
+        for k, i in enumerate(self.ids):
+            data = fresh.get(i)
+            if data is None:
+                if i in timed_out:  # a garbled reply still proves the servo is there
+                    self._miss_streak[i] += 1
+                if self._miss_streak[i] >= self.absent_after and i not in self._absent:
+                    self._absent[i] = now + self.probe_interval_s
+                continue
+            self._miss_streak[i] = 0
+            raw_pos = sts.from_bytes(data[0:2])
+            pos = sts.decode_sign_magnitude(raw_pos, 15)
+            self._last_steps[k] = pos
+            self._have_steps[k] = True
+            fresh_mask[k] = True
+            load[k] = sts.decode_sign_magnitude(sts.from_bytes(data[4:6]), 10)
+            status[i] = data[9]
+        self.reads += 1
+        missing = [i for k, i in enumerate(self.ids) if not fresh_mask[k]]
+        t1 = time.monotonic()
+        return Reading(steps=self._last_steps.copy(),
+                       positions_rad=self.calibration.steps_to_rad(self._last_steps),
+                       load=load, status=status, missing_ids=missing,
+                       overload_ids=[i for i, s in status.items() if s & sts.ERR_OVERLOAD],
+                       attempts=attempts, failed_attempts=failed, read_ms=(t1 - t0) * 1e3, stamp_s=t1,
+                       fresh=fresh_mask)
+
+    def read_positions_rad(self, tries: int = 3) -> np.ndarray:
+        """The present pose (6,) rad, every servo fresh; raises naming the servos that did not answer."""
+        reading = None
+        for _ in range(tries):
+            reading = self.read()
+            if reading.ok:
+                return reading.positions_rad
+        names = [f"{self.names[i]} (id {i})" for i in reading.missing_ids]
+        raise ServoBusError(f"servo bus {self.port_name}: no present position from {', '.join(names)} after "
+                            f"{tries} reads")
+
+    @property
+    def known(self) -> bool:
+        """Whether every servo has been read at least once."""
+        return bool(self._have_steps.all())
