@@ -7,13 +7,16 @@ wrist_flex = wrist_roll = pi/2, 50 settle steps, then 100 IK iterations (one ``m
 gain 0.5) toward cube + (0, -0.015, 0.035) with the gripper at action 0.3.
 
 Renderers are created on first use (``MUJOCO_GL=osmesa`` renders headless on a CPU machine), so
-a simulation that never renders (tests, the bus variant without a camera) needs no GL at all.
+a simulation that never renders (tests, the bus variant without a camera) needs no GL at all.  On
+Linux with neither ``MUJOCO_GL`` nor a ``DISPLAY`` set, rendering falls back to OSMesa instead of
+failing on GLFW.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 
 import mujoco
 import numpy as np
@@ -37,6 +40,19 @@ HOLD_STEPS = 10
 # pads are thicker: they hold the 3 cm cube at ~0.33-0.37 rad (measured), so "closed" is 0.45 rad
 # here (the open reset gripper is 1.07 rad, where no 3 cm cube can touch both pads).
 GRIPPER_CLOSED_BELOW_RAD = 0.45
+
+
+def _headless_gl_fallback() -> None:
+    """mujoco picks its GL backend from MUJOCO_GL when it is imported; GLFW (the default) needs a
+    display.  On a headless Linux machine with MUJOCO_GL unset, switch the Renderer to OSMesa."""
+    if os.environ.get("MUJOCO_GL") or os.environ.get("DISPLAY") or not sys.platform.startswith("linux"):
+        return
+    from mujoco import gl_context
+
+    if getattr(gl_context.GLContext, "__module__", "").startswith("mujoco.glfw"):
+        from mujoco.osmesa import GLContext  # sets PYOPENGL_PLATFORM=osmesa when unset
+
+        gl_context.GLContext = GLContext
 
 
 class SimError(ValueError):
@@ -182,6 +198,7 @@ class SimArm:
     def _renderer(self, kind: str) -> mujoco.Renderer:
         r = self._renderers.get(kind)
         if r is None:
+            _headless_gl_fallback()
             try:
                 r = mujoco.Renderer(self.model, sim_scene.IMAGE_HEIGHT, sim_scene.IMAGE_WIDTH)
             except Exception as e:  # noqa: BLE001 - GL setup errors come in several types
