@@ -18,7 +18,7 @@ import pytest
 from so101_deploy.camera import EXPECTED_SOURCE, Camera, CameraError, parse_source
 from so101_deploy.messages import decode, encode
 from so101_deploy.node import SettingError, Settings
-from so101_deploy.synthetic import read_frame_index, render_frame, write_image_folder, write_video
+from so101_deploy.synthetic import read_frame_index, render_frame, write_video
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
