@@ -226,15 +226,19 @@ def load_hf_folder(folder: Path):
     weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (folder / p).is_file()]
     if not weights:
         raise ModelLoadError(f"{what} has no model.safetensors")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # transformers' own load report is replaced by the error below
     try:
         config = DepthAnythingConfig.from_pretrained(folder, local_files_only=True)
+        # mismatched sizes are loaded as "reinitialised" and then refused here, naming the keys
         model, info = DepthAnythingForDepthEstimation.from_pretrained(
-            folder, config=config, local_files_only=True, dtype=torch.float32, output_loading_info=True)
-    except ModelLoadError:
-        raise
+            folder, config=config, local_files_only=True, dtype=torch.float32, output_loading_info=True,
+            ignore_mismatched_sizes=True)
     except Exception as e:  # safetensors/transformers raise many types for a truncated file
         raise ModelLoadError(f"{what}: cannot load {weights[0]} (truncated, corrupt, or of another "
                              f"architecture): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if bad:
         raise ModelLoadError(f"{what}: {weights[0]} does not match its config.json: "
