@@ -328,3 +328,47 @@ def test_camera_node_exits_with_a_clear_message_for_a_missing_file(tmp_path):
     assert proc.returncode == 2
     assert f"[camera] error: SO101_CAMERA={str(missing)!r}: no such file or folder" in proc.stderr
 
+
+
+# --- the generated scene the camera tests replay ----------------------------------------------------
+
+def test_generated_scene_is_deterministic_and_labelled():
+    from so101_deploy.synthetic import render_scene
+
+    a, mask = render_scene(12, seed=3)
+    np.testing.assert_array_equal(a, render_scene(12, seed=3)[0])
+    assert not np.array_equal(a, render_scene(12, seed=4)[0])  # the seed changes the scene
+    assert not np.array_equal(a, render_scene(13, seed=3)[0])  # and it moves
+    np.testing.assert_array_equal(render_frame(0, moving=False)[60:], render_frame(40, moving=False)[60:])
+    # the mask is what was drawn: cube pixels are red, finger pixels grey
+    cube = a[mask == 3]
+    assert len(cube) > 5000 and (cube[:, 2] > 140).all() and (cube[:, 1] < 60).all()
+    fingers = a[(mask == 4) | (mask == 5)]
+    assert len(fingers) > 5000 and (fingers.max(axis=1) - fingers.min(axis=1) == 0).all()
+    assert set(np.unique(mask)) == {0, 1, 2, 3, 4, 5}
+
+
+def test_frame_index_code_round_trip():
+    for i in (0, 1, 77, 1000, 4095, 4096 + 5):
+        assert read_frame_index(render_frame(i)) == i % 4096
+    with pytest.raises(ValueError, match=r"expected a 480x640x3 frame, got shape \(240, 320, 3\)"):
+        read_frame_index(np.zeros((240, 320, 3), np.uint8))
+
+
+def test_make_video_command(tmp_path, capsys):
+    from so101_deploy.cli import main
+
+    assert main(["make-video", "--out", str(tmp_path / "v.avi"), "--frames", "4", "--seed", "2"]) == 0
+    cap = cv2.VideoCapture(str(tmp_path / "v.avi"))
+    shown = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        shown.append(read_frame_index(image))
+    assert shown == [0, 1, 2, 3]
+    assert main(["make-video", "--out", str(tmp_path / "pngs"), "--frames", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["frame_00000.png", "frame_00001.png"]
+    capsys.readouterr()
+    assert main(["make-video", "--out", str(tmp_path / "v.gif")]) == 2
+    assert "make-video: error: " in capsys.readouterr().out
