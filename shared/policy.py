@@ -198,14 +198,29 @@ def _need(sd: Mapping[str, Any], key: str, ndim: int, source: str):
     return t
 
 
+def _layer_indices(sd: Mapping[str, Any], prefix: str, layout: str, source: str) -> list[int]:
+    """Indices of the parameterised layers under ``prefix``: must be 0, 3, 6, ... without gaps."""
+    found: dict[int, str] = {}
+    for k in sd:
+        if (m := re.match(re.escape(prefix) + r"(\d+)\.", k)):
+            found.setdefault(int(m.group(1)), k)
+    for i, k in sorted(found.items()):
+        if i % 3:
+            raise CheckpointError(f"{source}: unexpected key {k!r}: {layout}, so parameters sit at indices 0, 3, 6, ...")
+    idx = sorted(found)
+    for n, i in enumerate(idx):
+        if i != 3 * n:
+            raise CheckpointError(f"{source}: missing key {prefix}{3 * n}.weight (layers found at {idx})")
+    if not idx:
+        raise CheckpointError(f"{source}: missing key {prefix}0.weight")
+    return idx
+
+
 def spec_from_state_dict(sd: Mapping[str, Any], source: str = "checkpoint") -> DrQV2Spec:
     """Read the architecture's sizes from the weights (canonical keys)."""
     w0 = _need(sd, ENC + "0.weight", 4, source)
-    conv_idx = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(re.escape(ENC) + r"(\d+)\.weight", k)))
+    conv_idx = _layer_indices(sd, ENC, "encoder layers are Conv2d, Identity, ReLU", source)
     n_convs = len(conv_idx)
-    if conv_idx != [3 * i for i in range(n_convs)]:
-        raise CheckpointError(f"{source}: encoder conv indices {conv_idx}, expected 0, 3, 6, ... "
-                              f"(Conv, Identity, ReLU per layer)")
     in_ch = int(w0.shape[1])
     if in_ch % OBS_FRAMES:
         raise CheckpointError(f"{source}: {ENC}0.weight has {in_ch} input channels, expected a multiple of "
@@ -215,12 +230,11 @@ def spec_from_state_dict(sd: Mapping[str, Any], source: str = "checkpoint") -> D
     if int(low.shape[1]) % OBS_FRAMES:
         raise CheckpointError(f"{source}: low_dim_obs.0.weight takes {int(low.shape[1])} inputs, expected "
                               f"{OBS_FRAMES} x state dim")
-    mlp_idx = sorted(int(m.group(1)) for k in sd
-                     if (m := re.fullmatch(re.escape(ACT) + r"main_mlp\.(\d+)\.weight", k)))
-    if mlp_idx != [3 * i for i in range(len(mlp_idx))] or not mlp_idx:
-        raise CheckpointError(f"{source}: main_mlp layer indices {mlp_idx}, expected 0, 3, ... (Linear, "
-                              f"Identity, ReLU per layer, no LayerNorm)")
-    hidden = tuple(int(sd[f"{ACT}main_mlp.{i}.weight"].shape[0]) for i in mlp_idx)
+    mlp_idx = _layer_indices(sd, ACT + "main_mlp.", "main_mlp layers are Linear, Identity, ReLU (no LayerNorm)",
+                             source)
+    for i in conv_idx:
+        _need(sd, f"{ENC}{i}.weight", 4, source)
+    hidden = tuple(int(_need(sd, f"{ACT}main_mlp.{i}.weight", 2, source).shape[0]) for i in mlp_idx)
     out = _need(sd, ACT + "out_mlp.0.weight", 2, source)
     return DrQV2Spec(frames=OBS_FRAMES, channels_per_frame=in_ch // OBS_FRAMES, image_size=OBS_SIZE,
                      conv_channels=int(w0.shape[0]), n_convs=n_convs, state_dim=int(low.shape[1]) // OBS_FRAMES,
@@ -321,8 +335,8 @@ class PolicyRunner:
         if rgb.size and (rgb.min() < 0 or rgb.max() > 255):
             raise ValueError(f"policy input rgb: expected raw values in [0, 255] (the encoder does x/255 - 0.5), "
                              f"got [{rgb.min()}, {rgb.max()}]")
-        rgb = np.ascontiguousarray(rgb, np.float32)[None]
-        low = np.ascontiguousarray(low, np.float32)[None]
+        rgb = np.array(rgb, np.float32)[None]  # a writable copy: decoded messages are read-only views
+        low = np.array(low, np.float32)[None]
         if self._ort is not None:
             out = self._ort.run(None, {"rgb": rgb, "low_dim_state": low})[0]
         else:
@@ -337,14 +351,17 @@ class PolicyRunner:
 
 def _onnx_session(model, spec: DrQV2Spec, device: str):
     import io
+    import warnings
 
     import onnxruntime as ort
 
     rgb = torch.zeros(1, spec.frames, spec.channels_per_frame, spec.image_size, spec.image_size)
     low = torch.zeros(1, spec.frames, spec.state_dim)
     buf = io.BytesIO()
-    torch.onnx.export(model, (rgb, low), buf, input_names=["rgb", "low_dim_state"], output_names=["action"],
-                      opset_version=17, dynamo=False)
+    with warnings.catch_warnings():  # the legacy exporter is chosen on purpose (fixed shapes, no onnxscript)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (rgb, low), buf, input_names=["rgb", "low_dim_state"], output_names=["action"],
+                          opset_version=17, dynamo=False)
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
         ["CPUExecutionProvider"]
     providers = [p for p in providers if p in ort.get_available_providers()]

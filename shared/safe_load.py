@@ -54,7 +54,9 @@ def omegaconf_safe_globals() -> list[Any]:
     return found + typed + [float, str, bool]
 
 
-_GLOBAL_RE = re.compile(r"GLOBAL ([\w\.]+) was not an allowed global")
+# torch words it "Unsupported global: GLOBAL x was not an allowed global" or "unsupported GLOBAL x whose
+# module y is blocked" depending on the module
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w\.]+)")
 
 
 def load_checkpoint(path: str | Path, *, trusted: bool = False, map_location: str = "cpu") -> Any:
@@ -76,12 +78,55 @@ def load_checkpoint(path: str | Path, *, trusted: bool = False, map_location: st
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         m = _GLOBAL_RE.search(str(e))
-        if m:
-            raise UnsafeCheckpointError(path, m.group(1)) from None
+        name = m.group(1) if m else _first_unsafe_global(path)
+        if name and "." not in name:  # torch drops the module of builtins ("exec")
+            name = "builtins." + name
+        if name:
+            raise UnsafeCheckpointError(path, name) from None
         raise CheckpointError(f"{path}: not a loadable checkpoint ({_first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, KeyError) as e:
         # truncated zip, not a torch file, missing module in trusted mode...
         raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_unsafe_global(path: Path) -> str | None:
+    """The first global outside the allow-list, read without unpickling (zip checkpoints only)."""
+    import torch
+
+    allowed = {f"{g.__module__}.{getattr(g, '__qualname__', getattr(g, '_name', ''))}"
+               for g in omegaconf_safe_globals()}
+    try:  # what torch's weights-only unpickler allows on its own (tensor rebuilding, dtypes...)
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed |= set(_get_allowed_globals())
+    except (ImportError, AttributeError):
+        pass
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: a legacy pickle, scanned statically
+        names = _pickle_globals(path)
+    rest = [n for n in names if n not in allowed]
+    return rest[0] if rest else None
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The globals a plain pickle file names, read with ``pickletools`` (nothing is executed)."""
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - a corrupt pickle: report what was found so far
+        pass
+    return names
 
 
 def _first_line(e: BaseException) -> str:
