@@ -88,6 +88,11 @@ def parse_source(text: str | int, setting: str = "SO101_CAMERA") -> Source:
     raise CameraError(f"{setting}={text!r}: no such file or folder ({path.resolve()}); expected {EXPECTED_SOURCE}")
 
 
+def video_devices() -> list[str]:
+    """The V4L2 video device nodes of this machine (Linux), e.g. ['/dev/video0', '/dev/video1']."""
+    return sorted(str(p) for p in Path("/dev").glob("video*")) if sys.platform.startswith("linux") else []
+
+
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -270,8 +275,9 @@ class Camera:
         except SourceLost as e:
             if not self.source.live:
                 raise CameraError(f"SO101_CAMERA={self.source.text!r}: {e}; expected {EXPECTED_SOURCE}") from None
+            devices = ", ".join(video_devices()) or "none"
             self.log("error", f"SO101_CAMERA={self.source.text!r}: {e}; retrying (plug the camera in, "
-                              f"or check the index with `so101-deploy camera-check`)")
+                              f"or check the index with `so101-deploy camera-check`; video devices here: {devices})")
             self._lost(self.clock() if now is None else now, announce=False)
             return
         self.state = "streaming"

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from so101_deploy import camera as camera_mod
 from so101_deploy.camera import EXPECTED_SOURCE, Camera, CameraError, parse_source
 from so101_deploy.messages import decode, encode
 from so101_deploy.node import SettingError, Settings
@@ -196,8 +197,10 @@ def test_missing_live_camera_is_retried_with_backoff_not_an_exit():
     cam = Camera("/dev/video57", log=logs)
     cam.open(now=0.0)  # no exception: a USB camera may be plugged in later
     assert cam.state == "reconnecting"
+    devices = ", ".join(camera_mod.video_devices()) or "none"
     assert logs[0] == ("error", "SO101_CAMERA='/dev/video57': /dev/video57 does not exist (camera unplugged?); "
-                                "retrying (plug the camera in, or check the index with `so101-deploy camera-check`)")
+                                "retrying (plug the camera in, or check the index with `so101-deploy camera-check`; "
+                                f"video devices here: {devices})")
     attempts = []
     for t in np.arange(0, 10, 0.01):
         before = cam.reopen_attempts
