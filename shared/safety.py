@@ -7,7 +7,8 @@ in (NaN, inf, 1e30, bursts, gaps), the arm is never asked to jump.
 
 One exception keeps the arm from jumping when it starts outside the limits (e.g. a rest pose
 below the shoulder_lift limit): a joint whose previous goal is outside the limits moves *toward*
-them by at most one step per goal, never farther out; event ``outside_limit_recovering``.
+them by at most one step per goal, never farther out; event ``outside_limit_recovering``.  Holds
+(e-stop, rejected goals) keep the previous goal, so they may stay outside until a goal moves in.
 
 Event strings (returned per call and counted in :attr:`SafetyFilter.events_total`):
 
@@ -233,7 +234,8 @@ class SafetyFilter:
         if np.any(bounded_delta != delta):
             full = np.clip(delta, -self.max_step_rad, self.max_step_rad)
             events.append("clamped_step" if np.any(full != delta) else "slow_start")
-        out = last + bounded_delta
+        # the final clip only undoes float rounding of last + delta (it never widens the step)
+        out = np.clip(last + bounded_delta, np.minimum(lo, last), np.maximum(hi, last))
         # last outside the limits: out lies between last and the limit, i.e. moving inward
         if np.any(out < lo) or np.any(out > hi):
             events.append("outside_limit_recovering")
