@@ -78,7 +78,7 @@ class Reading:
 
 class ServoBus:
     def __init__(self, port: str, calibration: Calibration, baudrate: int = sts.DEFAULT_BAUDRATE,
-                 read_retries: int = 2, write_retries: int = 3, absent_after: int = 3,
+                 read_retries: int = 2, write_retries: int = 3, absent_after: int = 5,
                  probe_interval_s: float = 0.5):
         if read_retries < 0 or write_retries < 0:
             raise ValueError("ServoBus: retries must be >= 0")
