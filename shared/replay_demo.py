@@ -57,7 +57,8 @@ class Summary:
 def summarize(messages: list[Message], video_frames: int) -> Summary:
     """Frames, rate and continuity of recorded ``image`` messages of the generated video."""
     if not messages:
-        raise ValueError("the recording has no image messages")
+        raise ValueError("the recording has no image messages (did the dataflow stop before the camera started? "
+                         "--stop-after counts from dora's start: try more --seconds)")
     ids = np.array([m.frame_id for m in messages])
     stamps = np.array([m.stamp_ns for m in messages], dtype=np.int64)
     steps = np.diff(ids)
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"replay-demo: error: dora exited with {result.returncode}; see {log_path}")
         return 1
     try:
-        messages = read_recording(record_dir).get("image", [])
+        messages = read_recording(record_dir).get("image", []) if record_dir.exists() else []
         summary = summarize(messages, args.frames)
     except (OSError, ValueError) as e:
         print(f"replay-demo: error: reading the recording {record_dir}: {e}; see {log_path}")
