@@ -15,7 +15,9 @@ Event strings (returned per call and counted in :attr:`SafetyFilter.events_total
 ``clamped_limit``
     the goal asked for a joint outside the limits; that joint was clamped to the limit.
 ``clamped_step``
-    a joint moved more than the allowed step from the previous goal; it was moved by one step.
+    a joint moved more than the allowed step from the previous goal.  The arm joints are scaled
+    down together (the move keeps its direction, it is only shorter) so that none exceeds its
+    step; the gripper is bounded on its own.
 ``slow_start``
     during the ``slow_start_s`` after :meth:`~SafetyFilter.reset` the allowed step ramps up from
     ``slow_start_fraction`` of ``max_step_rad``; reported when this smaller bound was binding.
@@ -63,6 +65,23 @@ def _joint_vector(name: str, value, allow_nonfinite: bool = False) -> np.ndarray
     if not allow_nonfinite and not np.all(np.isfinite(arr)):
         raise SafetyError(f"{name}: expected finite values, got {arr.tolist()}")
     return arr
+
+
+# Joints scaled together by the step bound: the arm (so a bounded move keeps its direction in space,
+# as per-joint clipping would not) and the gripper on its own (closing it never slows the arm).
+STEP_GROUPS = (np.arange(0, N_JOINTS - 1), np.array([N_JOINTS - 1]))
+
+
+def _scale_groups(delta: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """``delta`` with each group scaled down uniformly so that every |delta_j| <= step_j."""
+    out = delta.copy()
+    for group in STEP_GROUPS:
+        over = np.abs(delta[group]) / step[group]
+        worst = over.max()
+        if worst > 1.0:
+            # clip after scaling: float rounding must never leave a joint above its bound
+            out[group] = np.clip(delta[group] / worst, -step[group], step[group])
+    return out
 
 
 @dataclass
@@ -230,9 +249,9 @@ class SafetyFilter:
                 0.0, (now_s - self._reset_s) / self.slow_start_s)
             step = step * min(1.0, ramp)
         delta = inside - last
-        bounded_delta = np.clip(delta, -step, step)
+        bounded_delta = _scale_groups(delta, step)
         if np.any(bounded_delta != delta):
-            full = np.clip(delta, -self.max_step_rad, self.max_step_rad)
+            full = _scale_groups(delta, self.max_step_rad)
             events.append("clamped_step" if np.any(full != delta) else "slow_start")
         # the final clip only undoes float rounding of last + delta (it never widens the step)
         out = np.clip(last + bounded_delta, np.minimum(lo, last), np.maximum(hi, last))

@@ -75,8 +75,9 @@ def test_small_goal_passes_unchanged():
 
 def test_step_bound_and_limit_clamp():
     f = make()
-    out, events = f.filter(np.array([5.0, -0.3, 0.0, 0.0, 0.0, 0.0]), 0.02)
-    np.testing.assert_allclose(out, [STEP, -STEP, 0, 0, 0, 0])
+    out, events = f.filter(np.array([5.0, -0.3, 0.0, 0.0, 0.0, 0.9]), 0.02)
+    # clamped to 1.9, then the arm's move is shortened as a whole: same direction, largest joint = STEP
+    np.testing.assert_allclose(out, [STEP, -0.3 * STEP / 1.9, 0, 0, 0, STEP])
     assert events == ["clamped_limit", "clamped_step"]
     # walking toward a goal beyond the limit stops at the limit
     for i in range(40):
@@ -109,9 +110,9 @@ def test_slow_start_ramps_the_step():
     out, events = f.filter(np.full(6, 0.09), 0.0)  # right after reset: a quarter of the step
     np.testing.assert_allclose(out, np.full(6, 0.025))
     assert events == ["slow_start"]
-    out2, _ = f.filter(np.full(6, 5.0), 0.5)  # half way: 0.25 + 0.75 * 0.5 = 62.5 % of the step
+    out2, _ = f.filter(out + 1.0, 0.5)  # half way: 0.25 + 0.75 * 0.5 = 62.5 % of the step
     np.testing.assert_allclose(out2 - out, np.full(6, 0.0625))
-    out3, _ = f.filter(np.full(6, 5.0), 2.0)
+    out3, _ = f.filter(out2 + 1.0, 2.0)
     np.testing.assert_allclose(out3 - out2, np.full(6, STEP))
 
 
@@ -121,7 +122,7 @@ def test_start_outside_the_limits_moves_inward_only():
     out, events = f.filter(present, 0.02)  # hold where it is: still outside, the filter pulls inward
     assert "outside_limit_recovering" in events
     assert -1.84 < out[1] <= LIMITS.lower_rad[1] and LIMITS.upper_rad[2] <= out[2] < 1.71
-    np.testing.assert_allclose(np.abs(out - present)[1:3], [STEP, STEP])
+    np.testing.assert_allclose(out - present, [0, STEP, -STEP * 0.11 / 0.14, 0, 0, 0])  # toward (-1.7, 1.6)
     out, events = f.filter(present, 0.04)
     assert out[1] == pytest.approx(LIMITS.lower_rad[1]) and out[2] == pytest.approx(LIMITS.upper_rad[2])
     assert "outside_limit_recovering" not in events

@@ -10,8 +10,8 @@ import time
 
 from dora import Node
 
-from so101_deploy.controller import ControlLoop, Output, control_loop_from_settings
-from so101_deploy.messages import Message, encode, now_ns
+from so101_deploy.controller import ControlLoop, ControllerError, Output, control_loop_from_settings
+from so101_deploy.messages import Message, MessageError, encode, now_ns
 from so101_deploy.node import Settings, log, run
 
 NAME = "controller"
@@ -30,7 +30,11 @@ def main() -> None:
 
     def on_action(msg: Message) -> None:
         last_frame["frame_id"] = msg.frame_id
-        send(loop.on_action(msg.data, msg.meta["action_space"], time.monotonic()), msg.frame_id, msg.stamp_ns)
+        try:
+            out = loop.on_action(msg.data, msg.meta["action_space"], time.monotonic())
+        except ControllerError as e:  # e.g. an action space the configured mode does not take
+            raise MessageError(str(e)) from None  # reported and counted as a rejected input
+        send(out, msg.frame_id, msg.stamp_ns)
 
     def on_joint_state(msg: Message) -> None:
         loop.on_joint_state(msg.data, time.monotonic())
