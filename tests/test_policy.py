@@ -241,3 +241,69 @@ def test_module_keys_are_the_snapshot_keys():
     agent = fixture_agent_state_dict(0)
     want = {k for k in agent if k.startswith(("encoder.", "actor.")) and not k.endswith("hidden_state")}
     assert keys == want
+
+
+@pytest.mark.integration
+def test_observation_and_policy_nodes_in_dora(fixtures, tmp_path):
+    """The real nodes in `dora run`: recorded sim oracle mask/disparity/joint states -> observation ->
+    policy -> recorder; what they sent equals the in-process logic's result, frame by frame."""
+    import os
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from so101_deploy.dataflow import run_dataflow
+    from so101_deploy.observation import ObservationBuilder, ObservationOptions
+    from so101_deploy.recording import read_recording
+
+    repo = Path(__file__).resolve().parent.parent
+    source = repo / "tests" / "data" / "recordings" / "obs_sim_oracle"
+    record = tmp_path / "rec"
+    flow = {"nodes": [
+        {"id": "source", "path": str(repo / "tests" / "nodes" / "recording_source.py"),
+         "env": {"SO101_SOURCE_DIR": str(source), "SO101_SOURCE_ORDER": "joint_state,mask,disparity"},
+         "inputs": {"tick": "dora/timer/millis/20"}, "outputs": ["joint_state", "mask", "disparity"]},
+        {"id": "observation", "path": str(repo / "nodes" / "observation" / "main.py"),
+         "inputs": {"mask": {"source": "source/mask", "queue_size": 100},
+                    "disparity": {"source": "source/disparity", "queue_size": 100},
+                    "joint_state": {"source": "source/joint_state", "queue_size": 100}},
+         "outputs": ["observation"]},
+        {"id": "policy", "path": str(repo / "nodes" / "policy" / "main.py"),
+         "env": {"SO101_POLICY_CHECKPOINT": str(fixtures["policy_snapshot"])},
+         "inputs": {"observation": {"source": "observation/observation", "queue_size": 100}},
+         "outputs": ["action"]},
+        {"id": "recorder", "path": str(repo / "nodes" / "recorder" / "main.py"),
+         "env": {"SO101_RECORD_DIR": str(record), "SO101_RECORD_TYPES": "observation=observation,action=action"},
+         "inputs": {"observation": {"source": "observation/observation", "queue_size": 100},
+                    "action": {"source": "policy/action", "queue_size": 100}}},
+    ]}
+    path = tmp_path / "flow.yml"
+    path.write_text(yaml.safe_dump(flow, sort_keys=False))
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = run_dataflow(path, 20, extra_env=env, grace_s=60)  # counts from the daemon start
+    assert result.returncode == 0, result.log[-3000:]
+    got = read_recording(record)
+
+    rec = read_recording(source)
+    builder = ObservationBuilder(ObservationOptions())
+    events = sorted([(m.stamp_ns, 0, m) for m in rec["joint_state"]] + [(m.stamp_ns, 1, m) for m in rec["mask"]] +
+                    [(m.stamp_ns, 2, m) for m in rec["disparity"]], key=lambda e: e[:2])
+    want = []
+    for _, kind, m in events:
+        if kind == 0:
+            builder.add_joint_state(m)
+        else:
+            obs = builder.add_mask(m) if kind == 1 else builder.add_disparity(m)
+            if obs is not None:
+                want.append(obs)
+    assert len(want) == len(rec["mask"]) >= 4
+    assert [m.frame_id for m in got["observation"]] == [o.frame_id for o in want], result.log[-3000:]
+    assert [m.frame_id for m in got["action"]] == [o.frame_id for o in want]
+    runner = PolicyRunner.load(fixtures["policy_snapshot"])
+    for o, om, am in zip(want, got["observation"], got["action"]):
+        np.testing.assert_array_equal(om.data, o.flat)
+        assert om.stamp_ns == o.stamp_ns == am.stamp_ns and am.meta["action_space"] == "cartesian"
+        np.testing.assert_array_equal(am.data, runner.act(o.rgb_f32, o.low_dim_state)[0])
+    assert got["observation"][-1].meta["obs_built"] == len(want)
+    assert "Traceback" not in result.log

@@ -1,0 +1,40 @@
+"""Test node: replays a recording folder's messages, one per `tick`, in time order.
+
+Settings: SO101_SOURCE_DIR (a recording folder, see so101_deploy.recording; required),
+SO101_SOURCE_ORDER (comma-separated topics: at equal stamp_ns the earlier topic goes first).
+Each message leaves on the output named like its topic, exactly as it was recorded.
+Waits SO101_SOURCE_START_TICKS ticks first so that slow-starting receivers are up.
+"""
+
+from dora import Node
+
+from so101_deploy.node import Settings
+from so101_deploy.recording import iter_messages
+
+s = Settings("recording_source")
+folder = s.str("SO101_SOURCE_DIR", required=True)
+order = [t for t in (s.str("SO101_SOURCE_ORDER", "") or "").split(",") if t]
+start_ticks = s.int("SO101_SOURCE_START_TICKS", 0, min=0)
+
+from pathlib import Path  # noqa: E402
+
+events = []
+for path in sorted(Path(folder).glob("*.arrow")):
+    topic = path.stem
+    rank = order.index(topic) if topic in order else len(order)
+    for value, meta, _ in iter_messages(path):
+        events.append((int(meta["stamp_ns"]), rank, topic, value, meta))
+events.sort(key=lambda e: e[:2])
+
+node = Node()
+ticks = 0
+for event in node:
+    if event["type"] == "STOP":
+        break
+    if event["type"] != "INPUT" or event["id"] != "tick":
+        continue
+    ticks += 1
+    if ticks <= start_ticks or not events:
+        continue
+    _, _, topic, value, meta = events.pop(0)
+    node.send_output(topic, value, meta)
