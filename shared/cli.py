@@ -15,6 +15,7 @@ from . import __version__
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("so101_deploy.demo", "the main job: the full graph on the simulated arm; writes a report and a video"),
     "bench": ("so101_deploy.bench", "measure stage latencies, the hand-off pipeline and this graph on this machine"),
     "doctor": ("so101_deploy.doctor", "check this machine, and optionally the camera, bus and checkpoints"),
     "camera-check": ("so101_deploy.camera", "open a camera source and report what it delivers"),

@@ -48,6 +48,9 @@ def prepare(path: str | Path, out_path: str | Path, env: Mapping[str, Mapping[st
             node["path"] = str((path.parent / p).resolve())
         if env and node["id"] in env:
             node["env"] = {**(node.get("env") or {}), **{k: str(v) for k, v in env[node["id"]].items()}}
+        if node.get("env"):
+            # the copy may live elsewhere: settings that name files next to the original stay valid
+            node["env"] = {k: _resolve(path.parent, v) for k, v in node["env"].items()}
         nodes.append(node)
     unknown = set(env or {}) - {n["id"] for n in nodes}
     if unknown:
@@ -58,6 +61,14 @@ def prepare(path: str | Path, out_path: str | Path, env: Mapping[str, Mapping[st
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(yaml.safe_dump(df, sort_keys=False))
     return out_path
+
+
+def _resolve(base: Path, value: Any) -> str:
+    v = str(value)
+    if v and not os.path.isabs(v) and ("/" in v or v.endswith((".yml", ".json", ".pt", ".ckpt"))) \
+            and (base / v).exists():
+        return str((base / v).resolve())
+    return v
 
 
 @dataclass

@@ -79,10 +79,13 @@ class Monitor:
     goal_times_s: list[float] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     goal_frame_ids: list[int] = field(default_factory=list)
+    new_frame_goal_s: list[float] = field(default_factory=list)  # goals that carry a newer camera frame
+    new_frame_latencies_ms: list[float] = field(default_factory=list)
     action_spaces: Counter = field(default_factory=Counter)
     episodes: Counter = field(default_factory=Counter)
     started_s: float = field(default_factory=time.time)
     _writer: Any = None
+    _max_goal_frame: int = -1
     _last_row: np.ndarray | None = None
     rows_written: int = 0
 
@@ -125,6 +128,10 @@ class Monitor:
         self.counts["goal"] += 1
         self.goal_times_s.append(now_ns / 1e9)
         self.latencies_ms.append((now_ns - msg.stamp_ns) / 1e6)
+        if msg.frame_id > self._max_goal_frame:
+            self.new_frame_goal_s.append(now_ns / 1e9)
+            self.new_frame_latencies_ms.append((now_ns - msg.stamp_ns) / 1e6)
+            self._max_goal_frame = msg.frame_id
         self.goal_frame_ids.append(msg.frame_id)
         for ev in str(msg.meta.get("events", "")).split(","):
             if ev.strip():
@@ -151,6 +158,8 @@ class Monitor:
         intervals_ms = list(np.diff(self.goal_times_s) * 1e3) if len(self.goal_times_s) > 1 else []
         span_s = (self.goal_times_s[-1] - self.goal_times_s[0]) if len(self.goal_times_s) > 1 else 0.0
         ids = self.goal_frame_ids
+        new = self.new_frame_goal_s
+        new_span_s = new[-1] - new[0] if len(new) > 1 else 0.0
         return {
             "wall_s": round(time.time() - self.started_s, 2),
             "messages": dict(self.counts),
@@ -158,6 +167,9 @@ class Monitor:
             "control_rate_hz": (len(self.goal_times_s) - 1) / span_s if span_s > 0 else 0.0,
             "goal_interval_ms": _percentiles(intervals_ms),
             "latency_capture_to_goal_ms": _percentiles(self.latencies_ms),
+            # the rate at which new camera frames turn into goals (a held/repeated goal does not count)
+            "new_frame_goal_rate_hz": (len(new) - 1) / new_span_s if new_span_s > 0 else 0.0,
+            "new_frame_latency_ms": _percentiles(self.new_frame_latencies_ms),
             "safety_events": dict(self.safety_events),
             "action_spaces": dict(self.action_spaces),
             "episodes": dict(self.episodes),
@@ -191,6 +203,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
         f"- video rows (frames with mask and disparity): {rep['video_rows']}",
         f"- control rate: {rep['control_rate_hz']:.1f} Hz (goal interval {_fmt(rep['goal_interval_ms'], 'ms')})",
         f"- end-to-end latency, camera capture -> goal: {_fmt(rep['latency_capture_to_goal_ms'], 'ms')}",
+        f"- new camera frames reaching the arm: {rep['new_frame_goal_rate_hz']:.2f} Hz "
+        f"(latency {_fmt(rep['new_frame_latency_ms'], 'ms')})",
         f"- safety events: {rep['safety_events'] or 'none'}",
         f"- action spaces: {rep['action_spaces']}",
         f"- episodes: {rep['episodes'] or 'none finished'}",

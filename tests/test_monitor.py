@@ -32,6 +32,7 @@ def test_video_report_and_latency(tmp_path):
     assert abs(rep["control_rate_hz"] - 20.0) < 1e-6
     assert rep["safety_events"] == {"clamped_step": 6}
     assert rep["goal_frame_ids_nondecreasing"] and rep["distinct_goal_frame_ids"] == 6
+    assert abs(rep["new_frame_goal_rate_hz"] - 20.0) < 1e-6 and rep["new_frame_latency_ms"]["n"] == 6
     cap = cv2.VideoCapture(str(tmp_path / "wrist_view.mp4"))
     n = 0
     while cap.read()[0]:
@@ -45,9 +46,12 @@ def test_video_report_and_latency(tmp_path):
 
 def test_out_of_order_goals_are_flagged(tmp_path):
     mon = Monitor(tmp_path)
-    for fid in (0, 2, 1):
-        mon.on_goal(_msg("joint_goal", np.zeros(6), frame_id=fid, stamp_ns=10), now_ns=20)
-    assert mon.report()["goal_frame_ids_nondecreasing"] is False
+    for i, fid in enumerate((0, 2, 1, 2)):
+        mon.on_goal(_msg("joint_goal", np.zeros(6), frame_id=fid, stamp_ns=10), now_ns=20 + i * 10**9)
+    rep = mon.report()
+    assert rep["goal_frame_ids_nondecreasing"] is False
+    # frames 1 and the repeated 2 are not new: only 0 and 2 count, one second apart
+    assert rep["new_frame_goal_rate_hz"] == 1.0
 
 
 def test_mask_colours_distinguish_classes():

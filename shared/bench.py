@@ -1,0 +1,312 @@
+"""``so101-deploy bench``: how fast the pipeline runs on this machine, against the hand-off's pipeline.
+
+Three parts, in one run, on the same machine:
+
+1. **stages**: per-node latency of the real-size architectures (random weights; latency does not
+   depend on the weights): seg and depth (torch and onnxruntime; depth at 518 and 266 px), the
+   policy, the observation builder and one controller step.
+2. **hand-off pipeline as written**: the sequential loop of the hand-off document, one frame at a
+   time: seg (torch) -> Depth Anything at 518 px (torch) -> its normalisation/crop/resize ->
+   policy, with no overlap.  Its rate is 1 / (time per iteration).
+3. **this project's graph**: the real-robot ``dataflow.yml`` itself, with only the camera source
+   (the generated video at 30 fps) and the serial port (the software STS3215 bus) swapped, run for
+   a fixed time under ``dora run`` with the monitor node attached.  The control rate (goals per
+   second that carry a new camera frame) and the capture-to-goal latency come from the monitor's
+   report.
+
+The ratio of 3 to 2 is the figure the design targets (>= 3x on a 2-core CPU).  Results are written
+as JSON and Markdown; nothing here is asserted by a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .dataflow import REPO_ROOT, prepare, run_dataflow
+
+
+def _stats(samples_ms: list[float]) -> dict[str, float]:
+    s = sorted(samples_ms)
+    return {"p50_ms": round(statistics.median(s), 2), "min_ms": round(s[0], 2), "max_ms": round(s[-1], 2),
+            "runs": len(s)}
+
+
+def _time(fn: Callable[[], Any], runs: int, warmup: int = 2) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return _stats(samples)
+
+
+def _frames(n: int = 8) -> list[np.ndarray]:
+    from .synthetic import render_frame  # noqa: PLC0415
+
+    return [render_frame(i) for i in range(n)]
+
+
+# --- real-size model files ------------------------------------------------------------------------
+
+def real_size_models(folder: Path) -> dict[str, Path]:
+    """Real-size architectures with random weights in the real file formats (cached in ``folder``)."""
+    from .fixtures import write_seg_checkpoint  # noqa: PLC0415
+    from .perception_bench import _real_size_depth_folder  # noqa: PLC0415
+    from .policy import write_fixture_snapshots  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    seg = folder / "seg" / "best.ckpt"
+    if not seg.exists():
+        write_seg_checkpoint(seg, img_hw=(480, 640))
+    depth = folder / "depth_v2_small_hf"
+    if not (depth / "model.safetensors").exists():
+        depth.mkdir(parents=True, exist_ok=True)
+        _real_size_depth_folder(depth)
+    snaps = write_fixture_snapshots(folder / "policy") if not (folder / "policy").exists() else {
+        "policy_snapshot": next((folder / "policy").glob("*snapshot*.pt"))}
+    return {"seg": seg, "depth": depth, "policy": Path(snaps["policy_snapshot"])}
+
+
+# --- 1. stages ------------------------------------------------------------------------------------
+
+def bench_stages(models: dict[str, Path], device: str, threads: int | None, runs: int,
+                 onnx_cache: Path) -> dict[str, Any]:
+    from .perception_bench import bench_perception  # noqa: PLC0415
+    from .policy import PolicyRunner  # noqa: PLC0415
+
+    backends = ("torch", "onnx") if device == "cpu" else ("torch",)
+    out = bench_perception(seg_checkpoint=models["seg"], depth_model=models["depth"], backends=backends,
+                           depth_sizes=(518, 266), device=device, threads=threads, runs=runs,
+                           depth_runs=max(2, runs // 2), fp16=device == "cuda", onnx_cache_dir=onnx_cache)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (3, 2, 84, 84)).astype(np.float32)
+    low = rng.standard_normal((3, 18)).astype(np.float32)
+    out["policy"] = {}
+    for backend in ("torch", "onnx"):
+        pol = PolicyRunner.load(models["policy"], device=device if backend == "torch" else "cpu", backend=backend)
+        out["policy"][backend] = _time(lambda: pol.act(rgb, low), runs * 4)
+    out["observation"] = _bench_observation(runs * 4)
+    out["controller"] = _bench_controller(runs * 4)
+    return out
+
+
+def _bench_observation(runs: int) -> dict[str, float]:
+    from .observation import build_frame  # noqa: PLC0415
+
+    rng = np.random.default_rng(1)
+    mask = rng.integers(0, 6, (480, 640), dtype=np.uint8)
+    disp = rng.random((480, 640), dtype=np.float32)
+    return _time(lambda: build_frame(mask, disp), runs)
+
+
+def _bench_controller(runs: int) -> dict[str, float]:
+    from .controller import CartesianController  # noqa: PLC0415
+    from .kinematics import Kinematics  # noqa: PLC0415
+
+    kin = Kinematics()
+    ctl = CartesianController(kin)
+    q = np.array([0.0, -0.5, 0.8, 1.2, 1.57, 0.5])
+    ctl.reset(q)
+    a = np.array([0.3, -0.2, 0.1, 0.0], np.float32)
+    return _time(lambda: ctl.step(a, q), runs)
+
+
+# --- 2. the hand-off pipeline as written ----------------------------------------------------------
+
+def handoff_preprocess(seg_mask: np.ndarray, disparity: np.ndarray, frames: list) -> np.ndarray:
+    """Steps 4-9 of the hand-off, as written there (including its /255; kept only for timing)."""
+    import cv2  # noqa: PLC0415
+
+    d = (disparity - disparity.min()) / (disparity.max() - disparity.min() + 1e-6)
+    d = (d * 255).astype(np.uint8)
+    h, w = 480, 640
+    x0 = (w - h) // 2
+    seg_c = cv2.resize(seg_mask[:, x0:x0 + h], (84, 84), interpolation=cv2.INTER_NEAREST)
+    d_c = cv2.resize(d[:, x0:x0 + h], (84, 84), interpolation=cv2.INTER_LINEAR)
+    frames.append(np.stack([seg_c, d_c], axis=0))
+    while len(frames) < 3:
+        frames.append(frames[-1])
+    del frames[:-3]
+    return np.concatenate(frames[-3:], axis=0).astype(np.float32) / 255.0
+
+
+def bench_handoff(models: dict[str, Path], device: str, threads: int | None, iterations: int) -> dict[str, Any]:
+    from .depth import DepthModel  # noqa: PLC0415
+    from .policy import PolicyRunner  # noqa: PLC0415
+    from .seg import SegModel  # noqa: PLC0415
+
+    seg = SegModel.load(models["seg"], device=device, backend="torch", threads=threads)
+    depth = DepthModel.load(models["depth"], device=device, backend="torch", input_size=518, threads=threads)
+    pol = PolicyRunner.load(models["policy"], device=device, backend="torch")
+    frames = _frames(4)
+    stack: list = []
+    low = np.zeros((3, 18), np.float32)
+
+    def one(i: int) -> None:
+        bgr = frames[i % len(frames)]
+        obs = handoff_preprocess(seg.predict(bgr), depth.predict(bgr), stack)
+        pol.act(obs.reshape(3, 2, 84, 84) * 255.0, low)  # its (6,84,84)/255 tensor, shaped for the actor
+
+    one(0)  # warm-up
+    samples = []
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        one(i + 1)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    st = _stats(samples)
+    st["rate_hz"] = round(1000.0 / statistics.mean(samples), 3)
+    return st
+
+
+# --- 3. this project's graph ----------------------------------------------------------------------
+
+def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: Path,
+                seg_backend: str, depth_backend: str, depth_size: int) -> dict[str, Any]:
+    from .synthetic import write_video  # noqa: PLC0415
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    video = write_video(out_dir / "camera.mp4", frames=90)
+    link = out_dir / "ttySO101"
+    calibration = Path(__file__).parent / "data" / "calibration_so101_example.json"
+    bus = subprocess.Popen([sys.executable, "-m", "so101_deploy.cli", "emulate-bus", "--link", str(link),
+                            "--calibration", str(calibration)], start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            if link.exists():
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("the software servo bus did not come up")
+        threads = {"SO101_THREADS": "1"} if device == "cpu" else {}
+        env = {
+            "camera": {"SO101_CAMERA": str(video), "SO101_CAMERA_LOOP": "true"},
+            "seg": {"SO101_SEG_CHECKPOINT": str(models["seg"]), "SO101_SEG_BACKEND": seg_backend,
+                    "SO101_DEVICE": device, "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"), **threads},
+            "depth": {"SO101_DEPTH_MODEL": str(models["depth"]), "SO101_DEPTH_BACKEND": depth_backend,
+                      "SO101_DEPTH_INPUT_SIZE": str(depth_size), "SO101_DEPTH_FP16": str(device == "cuda").lower(),
+                      "SO101_DEVICE": device, "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"), **threads},
+            "policy": {"SO101_POLICY_CHECKPOINT": str(models["policy"]), "SO101_DEVICE": device},
+            "controller": {"SO101_CALIBRATION": str(calibration)},
+            "servo": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(calibration)},
+        }
+        monitor = {"id": "monitor", "path": str(REPO_ROOT / "nodes" / "monitor" / "main.py"),
+                   "env": {"SO101_MONITOR_DIR": str(out_dir / "monitor")},
+                   "inputs": {"goal": "controller/goal", "action": "policy/action"}}
+        flow = prepare(REPO_ROOT / "dataflow.yml", out_dir / "dataflow.bench.yml", env=env, extra_nodes=[monitor])
+        res = run_dataflow(flow, seconds, log_path=out_dir / "dora.log", grace_s=120)
+    finally:
+        os.killpg(bus.pid, signal.SIGTERM)
+        bus.wait(timeout=10)
+    report_path = out_dir / "monitor" / "report.json"
+    if not report_path.exists():
+        raise RuntimeError(f"the graph wrote no monitor report (see {out_dir / 'dora.log'})")
+    rep = json.loads(report_path.read_text())
+    # a goal carries the frame id of the camera frame it was computed from; count new frames only
+    # control rate = how often a goal computed from a NEW camera frame reaches the arm (held or
+    # repeated goals between frames do not count); measured from the first to the last such goal
+    return {"returncode": res.returncode, "seconds": seconds, "report": rep,
+            "control_rate_hz": round(rep["new_frame_goal_rate_hz"], 3)}
+
+
+# --- command --------------------------------------------------------------------------------------
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="artifacts/bench", help="folder for results and cached model files")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--runs", type=int, default=6, help="timed runs per stage")
+    p.add_argument("--handoff-iterations", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=60.0, help="how long the graph runs")
+    p.add_argument("--seg-backend", choices=("torch", "onnx"), default=None)
+    p.add_argument("--depth-backend", choices=("torch", "onnx"), default=None)
+    p.add_argument("--depth-size", type=int, default=None, help="depth input size in the graph (default: 266 on "
+                                                                    "CPU, 518 on CUDA)")
+    p.add_argument("--skip", action="append", default=[], choices=("stages", "handoff", "graph"))
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch  # noqa: PLC0415
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    threads = 2 if args.device == "cpu" else None
+    if threads:
+        torch.set_num_threads(threads)
+    cpu = args.device == "cpu"
+    seg_backend = args.seg_backend or ("onnx" if cpu else "torch")
+    depth_backend = args.depth_backend or ("onnx" if cpu else "torch")
+    depth_size = args.depth_size or (266 if cpu else 518)
+    models = real_size_models(out / "models")
+    result: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+                                          "processor": platform.processor() or platform.machine(),
+                                          "torch": torch.__version__, "device": args.device,
+                                          "gpu": torch.cuda.get_device_name(0) if not cpu else None},
+                              "graph_settings": {"seg_backend": seg_backend, "depth_backend": depth_backend,
+                                                 "depth_size": depth_size}}
+    if "stages" not in args.skip:
+        print("[bench] stages ...", flush=True)
+        result["stages"] = bench_stages(models, args.device, threads, args.runs, out / "onnx")
+    if "handoff" not in args.skip:
+        print("[bench] hand-off pipeline, sequential, depth at 518 ...", flush=True)
+        result["handoff"] = bench_handoff(models, args.device, threads, args.handoff_iterations)
+        print(f"[bench] hand-off: {result['handoff']['rate_hz']} Hz", flush=True)
+    if "graph" not in args.skip:
+        print(f"[bench] dataflow.yml for {args.seconds:.0f} s ...", flush=True)
+        result["graph"] = bench_graph(models, args.device, args.seconds, out / "graph", seg_backend,
+                                      depth_backend, depth_size)
+        print(f"[bench] graph: {result['graph']['control_rate_hz']} Hz", flush=True)
+    if "handoff" in result and "graph" in result and result["handoff"]["rate_hz"] > 0:
+        result["speedup_vs_handoff"] = round(result["graph"]["control_rate_hz"] / result["handoff"]["rate_hz"], 2)
+    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    (out / "bench.md").write_text(render_markdown(result))
+    print(render_markdown(result))
+    return 0
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [f"# so101-deploy bench ({m['device']}{', ' + m['gpu'] if m.get('gpu') else ''}; "
+             f"{m['cpu_count']} CPUs; torch {m['torch']})", ""]
+    st = r.get("stages")
+    if st:
+        lines += ["| stage | backend | input | p50 ms | min ms |", "|---|---|---|---|---|"]
+        for b, s in st.get("seg", {}).items():
+            lines.append(f"| seg 640x480 frame | {b} | {s.get('input', '')} | {s['p50_ms']} | {s['min_ms']} |")
+        for size, per in st.get("depth", {}).items():
+            for b, s in per.items():
+                lines.append(f"| depth {size} | {b} | {s.get('input', '')} | {s['p50_ms']} | {s['min_ms']} |")
+        for b, s in st.get("policy", {}).items():
+            lines.append(f"| policy | {b} | 3x2x84x84 + 3x18 | {s['p50_ms']} | {s['min_ms']} |")
+        lines.append(f"| observation (1 frame) | numpy/OpenCV | 640x480 | {st['observation']['p50_ms']} | "
+                     f"{st['observation']['min_ms']} |")
+        lines.append(f"| controller (IK step) | mujoco | - | {st['controller']['p50_ms']} | {st['controller']['min_ms']} |")
+        lines.append("")
+    if "handoff" in r:
+        h = r["handoff"]
+        lines.append(f"- hand-off pipeline as written (sequential, depth 518, torch): {h['p50_ms']} ms per "
+                     f"iteration, **{h['rate_hz']} Hz**")
+    if "graph" in r:
+        g = r["graph"]
+        lat = g["report"].get("new_frame_latency_ms") or {}
+        gs = r["graph_settings"]
+        lines.append(f"- this project's dataflow.yml (seg {gs['seg_backend']}, depth {gs['depth_backend']} at "
+                     f"{gs['depth_size']}): **{g['control_rate_hz']} Hz** of goals from new camera frames; "
+                     f"capture-to-goal latency p50 {lat.get('p50', float('nan')):.0f} ms, p90 "
+                     f"{lat.get('p90', float('nan')):.0f} ms")
+    if "speedup_vs_handoff" in r:
+        lines.append(f"- speed-up over the hand-off pipeline: **{r['speedup_vs_handoff']}x**")
+    return "\n".join(lines) + "\n"
