@@ -3,7 +3,8 @@
 Settings: SO101_TEST_OUT (JSONL path for joint_state, required), SO101_GOAL_PATTERN
 (`wave`: a slow sine of 0.6 rad on every arm joint plus, every 10th goal, one far outside the
 limits; `hold`: no goals at all), SO101_GOAL_STOP_AFTER_S (stop sending goals after this many
-seconds, default: never), SO101_ESTOP_AT_S (send estop=1 at that time; optional).
+seconds, default: never), SO101_ESTOP_AT_S (send estop=1 at that time; optional).  Times count
+from the first joint_state received (the servo node is up), so a slow start-up does not eat the pattern.
 """
 
 import json
@@ -37,11 +38,13 @@ with open(out_path, "a", buffering=1) as out:
             msg = decode("joint_state", event["value"], event["metadata"])
             meta = {k: v for k, v in msg.meta.items() if isinstance(v, (int, float, str, bool))}
             out.write(json.dumps({"pos": msg.data[0].tolist(), "vel": msg.data[1].tolist(), **meta}) + "\n")
+            t0 = time.monotonic() if t0 is None else t0
             continue
         if event["id"] != "tick":
             continue
+        if t0 is None:
+            continue  # the servo node is not up yet
         now = time.monotonic()
-        t0 = now if t0 is None else t0
         t = now - t0
         if estop_at_s >= 0 and t >= estop_at_s and not estop_sent:
             node.send_output("estop", *encode("estop", np.array([1], np.uint8), frame_id=0, stamp_ns=now_ns()))

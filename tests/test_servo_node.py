@@ -1,0 +1,377 @@
+"""The servo node against the software bus through the real scservo_sdk.
+
+* dora: the real node (nodes/servo/main.py) in a small dataflow with tests/nodes/goal_source.py and
+  `so101-deploy emulate-bus` as a separate process; stopped normally and by SIGTERM.
+* in-process: main() with a dora event source that raises (an exception inside the loop), and the
+  node logic (ServoNode) under each injected fault and the e-stop.
+Every check of what reached the arm is made on the emulator's write log.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from so101_deploy.calibration import RAD_PER_STEP, Calibration
+from so101_deploy.emulator import EmulatedBus
+from so101_deploy.servo_node import ServoNode, ServoSettings, model_limits
+
+REPO = Path(__file__).resolve().parent.parent
+CAL_PATH = REPO / "shared" / "data" / "calibration_so101_example.json"
+CAL = Calibration.example()
+MAX_STEP_RAD = 0.05
+IDS = [1, 2, 3, 4, 5, 6]
+
+
+def read_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def assert_goals_safe(rows: list[dict], skip_ids=()) -> int:
+    """Every Goal_Position written is inside the limits and within one step of the goal before it."""
+    limits = model_limits().intersect(type(model_limits())(*CAL.limits_rad()))
+    bound_steps = MAX_STEP_RAD / RAD_PER_STEP + 1.0  # +1: both ends are rounded to whole steps
+    count = 0
+    for k, servo_id in enumerate(IDS):
+        if servo_id in skip_ids:
+            continue
+        goals = [r["value"] for r in rows if r["id"] == servo_id and r["name"] == "Goal_Position"]
+        assert goals, f"no goal written to id {servo_id}"
+        steps = np.array(goals, dtype=float)
+        rad = np.array([CAL.steps_to_rad(np.full(6, s))[k] for s in steps])
+        tol = RAD_PER_STEP
+        assert np.all(rad >= limits.lower_rad[k] - tol) and np.all(rad <= limits.upper_rad[k] + tol), \
+            f"id {servo_id}: goal outside limits: {rad.min():.3f}..{rad.max():.3f}"
+        jumps = np.abs(np.diff(steps))
+        assert jumps.max(initial=0) <= bound_steps, f"id {servo_id}: a goal jumped {jumps.max()} steps"
+        count += len(goals)
+    return count
+
+
+def assert_torque_released_last(rows: list[dict], ids=IDS) -> None:
+    for servo_id in ids:
+        torque = [(n, r["value"]) for n, r in enumerate(rows) if r["id"] == servo_id and r["name"] == "Torque_Enable"]
+        goals = [n for n, r in enumerate(rows) if r["id"] == servo_id and r["name"] == "Goal_Position"]
+        assert torque and torque[-1][1] == 0, f"id {servo_id}: torque not released (writes {torque})"
+        assert not goals or goals[-1] < torque[-1][0], f"id {servo_id}: a goal was written after the release"
+
+
+def released(rows: list[dict]) -> bool:
+    """Torque was on, and the last Torque_Enable written to every servo is 0."""
+    for servo_id in IDS:
+        torque = [r["value"] for r in rows if r["id"] == servo_id and r["name"] == "Torque_Enable"]
+        if 1 not in torque or torque[-1] != 0:
+            return False
+    return True
+
+
+def assert_slow_start(rows: list[dict]) -> None:
+    """Goal_Position := the present pose before torque on, for every servo."""
+    for m in CAL.motors:
+        mine = [r for r in rows if r["id"] == m.id and r["name"] in ("Goal_Position", "Torque_Enable")]
+        first_on = next(n for n, r in enumerate(mine) if r["name"] == "Torque_Enable" and r["value"] == 1)
+        before = [r["value"] for r in mine[:first_on] if r["name"] == "Goal_Position"]
+        assert before == [round((m.range_min + m.range_max) / 2)], f"{m.name}: goals before torque on {before}"
+
+
+@pytest.fixture
+def emulator(tmp_path, venv_bin):
+    """`so101-deploy emulate-bus` as its own process group; yields (link, write log); killed afterwards."""
+    procs = []
+
+    def start(*flags):
+        link, log = tmp_path / "ttySO101", tmp_path / "writes.jsonl"
+        proc = subprocess.Popen([str(venv_bin / "so101-deploy"), "emulate-bus", "--link", str(link), "--log", str(log),
+                                 "--calibration", str(CAL_PATH), *flags], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        wait_for(lambda: link.is_symlink() and os.path.exists(link), 30, "the emulated bus")
+        return link, log
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def write_dataflow(tmp_path: Path, link: Path, source_env: dict) -> tuple[Path, Path]:
+    out = tmp_path / "joint_state.jsonl"
+    flow = {"nodes": [
+        {"id": "source", "path": str(REPO / "tests" / "nodes" / "goal_source.py"),
+         "env": {"SO101_TEST_OUT": str(out), **source_env},
+         "inputs": {"tick": "dora/timer/millis/20", "joint_state": "servo/joint_state"},
+         "outputs": ["goal", "estop"]},
+        {"id": "servo", "path": str(REPO / "nodes" / "servo" / "main.py"),
+         "env": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(CAL_PATH), "SO101_SERVO_WATCHDOG_S": "0.3",
+                 "SO101_MAX_STEP_RAD": str(MAX_STEP_RAD)},
+         "inputs": {"goal": {"source": "source/goal", "queue_size": 1}, "estop": "source/estop",
+                    "tick": {"source": "dora/timer/millis/20", "queue_size": 1}},
+         "outputs": ["joint_state"]},
+    ]}
+    path = tmp_path / "servo_test.yml"
+    path.write_text(yaml.safe_dump(flow))
+    return path, out
+
+
+class DoraRun:
+    """`dora run` in its own process group; always killed at exit."""
+
+    def __init__(self, path: Path, venv_bin: Path, stop_after_s: int = 60):
+        self.proc = subprocess.Popen([str(venv_bin / "dora"), "run", str(path), "--stop-after", f"{stop_after_s}s"],
+                                     cwd=path.parent, start_new_session=True, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def __enter__(self):
+        return self
+
+    def stop(self, timeout_s: float = 30) -> str:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)  # Ctrl-C: dora stops the dataflow (STOP to each node)
+        out, _ = self.proc.communicate(timeout=timeout_s)
+        return out
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate(timeout=10)
+
+
+def js_rows(path: Path) -> list[dict]:
+    return read_log(path)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_dataflow_moves_safely_holds_on_watchdog_and_releases_torque_on_stop(tmp_path, emulator, venv_bin):
+    link, log = emulator()
+    flow, out = write_dataflow(tmp_path, link, {"SO101_GOAL_STOP_AFTER_S": "2.0"})
+    with DoraRun(flow, venv_bin) as run:
+        # goals for 2 s after the node is up, then none: the watchdog (0.3 s) must hold
+        def late_watchdog_hold():  # after the goals stop (a hold right at start-up, before goals, is fine too)
+            rows = js_rows(out)
+            return rows and any("watchdog_hold" in r["events"] and r["stamp_ns"] > rows[0]["stamp_ns"] + 2.0e9
+                                for r in rows)
+
+        wait_for(late_watchdog_hold, 90, "the watchdog hold after the goals stop")
+        time.sleep(0.3)
+        text = run.stop()
+    rows, states = read_log(log), js_rows(out)
+    assert "torque released on all servos" in text
+    assert_slow_start(rows)
+    n_goals = assert_goals_safe(rows)
+    assert n_goals > 6 * 40
+    assert_torque_released_last(rows)
+    pos = np.array([s["pos"] for s in states])
+    assert np.abs(pos[:, 0]).max() > 0.3  # the arm really followed the wave
+    assert all(s["torque"] == "on" for s in states), [s for s in states if s["torque"] != "on"][:2]
+    assert states[-1]["errors"] <= len(states) // 10, states[-1]["error_kinds"]  # a loaded CI box may time out a few reads
+    assert [s["frame_id"] for s in states] == sorted(s["frame_id"] for s in states)
+    assert states[-1]["hold"] is True
+    vel = np.array([s["vel"] for s in states])
+    assert np.abs(vel[:, 0]).max() > 0.2  # velocities from timestamps, rad/s
+
+
+def _servo_pid(link: Path) -> int | None:
+    """The servo node process of this test (its environment names our bus link)."""
+    needle = f"SO101_PORT={link}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if b"nodes/servo/main.py" in (d / "cmdline").read_bytes() and needle in (d / "environ").read_bytes():
+                return int(d.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_sigterm_to_the_node_releases_torque(tmp_path, emulator, venv_bin):
+    link, log = emulator()
+    flow, out = write_dataflow(tmp_path, link, {})
+    with DoraRun(flow, venv_bin):
+        wait_for(lambda: len(js_rows(out)) > 10, 90, "joint_state from the servo node")
+        pid = wait_for(lambda: _servo_pid(link), 10, "the servo node's pid")
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: released(read_log(log)), 20, "torque release after SIGTERM")
+    assert_torque_released_last(read_log(log))
+
+
+class _ScriptedEvents:
+    """A stand-in for the dora event stream: `ticks` tick events, then the given exception."""
+
+    def __init__(self, ticks: int, error: Exception):
+        self.ticks, self.error, self.sent = ticks, error, []
+
+    def __iter__(self):
+        for _ in range(self.ticks):
+            time.sleep(0.02)
+            yield {"type": "INPUT", "id": "tick", "value": None, "metadata": {}}
+        raise self.error
+
+    def send_output(self, output_id, value, metadata):
+        self.sent.append((output_id, metadata))
+
+
+@pytest.mark.integration
+def test_an_exception_inside_the_loop_releases_torque(emulator):
+    import importlib.util
+
+    link, log = emulator()
+    spec = importlib.util.spec_from_file_location("servo_main", REPO / "nodes" / "servo" / "main.py")
+    servo_main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(servo_main)
+    events = _ScriptedEvents(5, RuntimeError("boom inside the loop"))
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(RuntimeError, match="boom inside the loop"):
+            servo_main.main(node=events, env={"SO101_PORT": str(link), "SO101_CALIBRATION": str(CAL_PATH)})
+    finally:
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])
+    assert [o for o, _ in events.sent] == ["joint_state"] * 5
+    rows = read_log(log)
+    assert_slow_start(rows)
+    assert_torque_released_last(rows)
+
+
+def test_missing_settings_or_port_exit_with_a_clear_message(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("servo_main2", REPO / "nodes" / "servo" / "main.py")
+    servo_main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(servo_main)
+    assert servo_main.main(node=[], env={"SO101_CALIBRATION": str(CAL_PATH)}) == 2
+    assert "SO101_PORT is required" in capsys.readouterr().err
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        assert servo_main.main(node=[], env={"SO101_PORT": str(tmp_path / "ttyACM7"),
+                                             "SO101_CALIBRATION": str(CAL_PATH)}) == 2
+    finally:
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])
+    assert "cannot open servo bus port" in capsys.readouterr().err
+
+
+# --- the node logic under injected faults (in-process bus, real scservo_sdk) -------------------------
+
+def _node(emu: EmulatedBus) -> ServoNode:
+    return ServoNode.from_settings(ServoSettings(port=emu.path, calibration=str(CAL_PATH), watchdog_s=0.3,
+                                                 max_step_rad=MAX_STEP_RAD),)
+
+
+def _drive(node: ServoNode, seconds: float) -> list[dict]:
+    """Goals at ~50 Hz (a wave, a far-out goal every 7th, a NaN every 11th) and a read per goal."""
+    metas, n, t0 = [], 0, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        n += 1
+        a = 0.8 * math.sin(2 * math.pi * (time.monotonic() - t0))
+        goal = np.array([a, -a, a, -a, a, 0.5 + a])
+        if n % 7 == 0:
+            goal = np.array([4.0, -4.0, 4.0, 4.0, -4.0, 4.0])
+        if n % 11 == 0:
+            goal[2] = np.nan
+        node.on_goal(goal)
+        out = node.on_tick()
+        assert out is not None and out[0].shape == (2, 6) and np.all(np.isfinite(out[0]))
+        metas.append(out[1])
+        time.sleep(0.01)
+    return metas
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fault", ["drop", "corrupt", "silent", "overload"])
+def test_node_keeps_running_reports_and_stays_safe_under_faults(tmp_path, fault):
+    faults = {"drop": {"drop_rate": 0.15}, "corrupt": {"corrupt_rate": 0.15}, "silent": {"silent_ids": {3}},
+              "overload": {"overload_ids": {6}}}[fault]
+    log = tmp_path / "writes.jsonl"
+    with EmulatedBus(tmp_path / "tty", calibration=CAL, log_path=log, seed=3) as emu:
+        node = _node(emu)
+        node.start()
+        try:
+            emu.set_faults(**faults)
+            metas = _drive(node, 1.5)
+        finally:
+            node.shutdown()
+    rows = read_log(log)
+    assert_slow_start(rows)
+    skip = (3,) if fault == "silent" else ()
+    assert_goals_safe(rows)  # a silent servo hears nothing, but what was sent to it was safe too
+    assert_torque_released_last(rows, ids=[i for i in IDS if i not in skip])
+    if fault != "silent":  # (holding, the silent case replaces every goal by the hold goal)
+        assert node.events["rejected_nonfinite"] > 0 and node.events["clamped_limit"] > 0
+    last = metas[-1]
+    if fault == "drop":
+        assert last["errors"] > 0 and "read_timeout" in last["error_kinds"]
+    elif fault == "corrupt":
+        assert last["errors"] > 0 and "read_corrupt" in last["error_kinds"]
+    elif fault == "silent":
+        assert last["missing_ids"] == "3" and last["hold"] is True
+        assert any("fault_hold" in m["events"] for m in metas)
+        hold_from = next(n for n, m in enumerate(metas) if "fault_hold" in m["events"])
+        assert hold_from < len(metas) - 10 and node.events["estop_hold"] > 10
+        # while holding, every goal written equals the one before (no motion commanded)
+        t_hold = time.time() - 1.5 + 0.5
+        for i in (1, 2, 4, 5, 6):
+            late = [r["value"] for r in rows if r["id"] == i and r["name"] == "Goal_Position" and r["t"] > t_hold]
+            assert len(set(late)) <= 2
+    else:
+        assert last["overload_ids"] == "6" and all(m["overload_ids"] == "6" for m in metas[5:])
+
+
+@pytest.mark.integration
+def test_estop_hold_release_and_slow_restart(tmp_path):
+    log = tmp_path / "writes.jsonl"
+    with EmulatedBus(tmp_path / "tty", calibration=CAL, log_path=log) as emu:
+        node = _node(emu)
+        node.start()
+        try:
+            _drive(node, 0.5)
+            node.on_estop(1)  # hold: goals no longer move the arm
+            n_before = len(read_log(log))
+            for _ in range(10):
+                node.on_goal(np.full(6, 0.9))
+            time.sleep(0.1)
+            held = {r["value"] for r in read_log(log)[n_before:] if r["name"] == "Goal_Position" and r["id"] == 1}
+            assert len(held) == 1
+            node.on_estop(2)  # release torque
+            wait_for(lambda: not any(emu.torque_enabled().values()), 5, "torque off after e-stop 2")
+            n_before = len(read_log(log))
+            node.on_goal(np.full(6, 0.9))
+            assert node.on_tick()[1]["torque"] == "off"
+            assert not [r for r in read_log(log)[n_before:] if r["name"] == "Goal_Position"]
+            emu.set_present_steps({1: 2300})  # somebody moved the limp arm
+            node.on_estop(0)  # clear: re-read, goal := present, torque on
+            wait_for(lambda: all(emu.torque_enabled().values()), 5, "torque back on")
+            after = [r for r in read_log(log)[n_before:] if r["id"] == 1]
+            assert after[0]["name"] == "Goal_Position" and after[0]["value"] == 2300
+            assert node.on_tick()[1]["torque"] == "on"
+        finally:
+            node.shutdown()
+    assert_torque_released_last(read_log(log))
