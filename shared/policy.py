@@ -295,14 +295,18 @@ class PolicyRunner:
     def __init__(self, model, device: str = "cpu", backend: str = "torch"):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"policy backend {backend!r}: expected 'torch' or 'onnx'")
+        if device.startswith("cuda") and backend == "torch" and not torch.cuda.is_available():
+            raise RuntimeError(f"policy device {device!r} asked for, but torch sees no CUDA GPU")
         self.spec: DrQV2Spec = model.spec
         self.action_space = self.spec.action_space
         self.device = device
         self.backend = backend
-        self.model = model.to(device).eval()
         self._ort = None
-        if backend == "onnx":
-            self._ort = _onnx_session(self.model.cpu(), self.spec, device)
+        if backend == "onnx":  # exported from the CPU weights; runs on the device's execution provider
+            self.model = model.cpu().eval()
+            self._ort = _onnx_session(self.model, self.spec, device)
+        else:
+            self.model = model.to(device).eval()
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu", backend: str = "torch",
@@ -355,6 +359,8 @@ def _onnx_session(model, spec: DrQV2Spec, device: str):
 
     import onnxruntime as ort
 
+    from .onnx_backend import _providers
+
     rgb = torch.zeros(1, spec.frames, spec.channels_per_frame, spec.image_size, spec.image_size)
     low = torch.zeros(1, spec.frames, spec.state_dim)
     buf = io.BytesIO()
@@ -362,10 +368,8 @@ def _onnx_session(model, spec: DrQV2Spec, device: str):
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (rgb, low), buf, input_names=["rgb", "low_dim_state"], output_names=["action"],
                           opset_version=17, dynamo=False)
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
-        ["CPUExecutionProvider"]
-    providers = [p for p in providers if p in ort.get_available_providers()]
-    return ort.InferenceSession(buf.getvalue(), providers=providers)
+    # fails when cuda is asked for and onnxruntime has no CUDA provider, instead of running on the CPU unasked
+    return ort.InferenceSession(buf.getvalue(), providers=_providers(device))
 
 
 # --- fixtures -------------------------------------------------------------------------------------
@@ -518,3 +522,5 @@ def policy_runner_from_settings(settings) -> PolicyRunner:
         return PolicyRunner.load(path, device=device, backend=backend, trusted=trusted)
     except CheckpointError as e:
         raise SettingError(f"{settings.node}: SO101_POLICY_CHECKPOINT={path}: {e}") from None
+    except (RuntimeError, ValueError) as e:  # backend/device problems (e.g. no CUDA provider for onnx)
+        raise SettingError(f"{settings.node}: SO101_POLICY_BACKEND={backend} SO101_DEVICE={device}: {e}") from None

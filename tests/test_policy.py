@@ -307,3 +307,12 @@ def test_observation_and_policy_nodes_in_dora(fixtures, tmp_path):
         np.testing.assert_array_equal(am.data, runner.act(o.rgb_f32, o.low_dim_state)[0])
     assert got["observation"][-1].meta["obs_built"] == len(want)
     assert "Traceback" not in result.log
+
+
+def test_onnx_on_cuda_without_a_cuda_provider_is_refused(fixtures):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
+        PolicyRunner.load(fixtures["policy_handoff"], backend="onnx", device="cuda")
