@@ -29,8 +29,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from .messages import Message, encode
-from .seg import (BACKENDS, DEVICES, ModelLoadError, check_bgr_frame, check_device_setting, load_state_strict,
-                  torch_load_plain)
+from .seg import (BACKENDS, DEVICES, ModelLoadError, check_bgr_frame, check_device_setting, imagenet_normalise,
+                  load_state_strict, rgb_tensor, torch_load_plain)
 
 PATCH = 14
 DEFAULT_INPUT_SIZE = 518
@@ -360,6 +360,17 @@ class DepthModel:
         x = (rgb - IMAGENET_MEAN) / IMAGENET_STD
         return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
+    def preprocess_torch(self, bgr_u8: np.ndarray, device: str | None = None):
+        """:meth:`preprocess` done by torch on ``device`` (used on the GPU, where it saves the
+        CPU resize): the uint8 frame is uploaded, then bicubic with a=-0.75 and half-pixel centres,
+        the same kernel as cv2 INTER_CUBIC (they agree to 5e-5 on [0, 1] images)."""
+        import torch.nn.functional as F
+
+        check_bgr_frame(bgr_u8)
+        h, w = self.input_hw(bgr_u8.shape[:2])
+        x = rgb_tensor(bgr_u8, device or self.device)
+        return imagenet_normalise(F.interpolate(x, (h, w), mode="bicubic", align_corners=False))
+
     def session(self, input_shape: tuple[int, ...]):
         s = self._sessions.get(input_shape)
         if s is None:
@@ -378,11 +389,14 @@ class DepthModel:
         """The network's predicted_depth (1, h, w) at input resolution, as a float32 torch tensor."""
         import torch
 
-        x = self.preprocess(bgr_u8)
         if self.backend == "onnx":
+            x = self.preprocess(bgr_u8)
             return torch.from_numpy(self.session(x.shape).run(x))
         with torch.inference_mode():
-            t = torch.from_numpy(x).to(self.device)
+            if self.device == "cuda":
+                t = self.preprocess_torch(bgr_u8)
+            else:
+                t = torch.from_numpy(self.preprocess(bgr_u8))
             return self.module(pixel_values=t.half() if self.fp16 else t).predicted_depth.float()
 
     def predict(self, bgr_u8: np.ndarray) -> np.ndarray:

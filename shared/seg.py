@@ -48,6 +48,23 @@ def check_bgr_frame(bgr_u8: Any) -> np.ndarray:
     return bgr_u8
 
 
+def rgb_tensor(bgr_u8: np.ndarray, device: str):
+    """(H, W, 3) uint8 BGR -> (1, 3, H, W) float32 RGB in [0, 1] on ``device`` (uploaded as uint8)."""
+    import torch
+
+    # decoded messages are read-only views; torch wants a writable buffer (one 1 MB copy)
+    t = torch.from_numpy(np.require(bgr_u8, requirements=["C", "W"])).to(device)
+    return t.permute(2, 0, 1)[[2, 1, 0]].unsqueeze(0).float() * (1 / 255)
+
+
+def imagenet_normalise(x):
+    import torch
+
+    mean = torch.as_tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 def torch_load_plain(path: str | Path, what: str) -> Any:
     """``torch.load(weights_only=True)`` with an error that says what is wrong with the file."""
     import torch
@@ -221,15 +238,24 @@ class SegModel:
         x = (rgb.astype(np.float32) * np.float32(1 / 255) - IMAGENET_MEAN) / IMAGENET_STD
         return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
+    def input_tensor(self, bgr_u8: np.ndarray):
+        """:meth:`preprocess` as a torch tensor on the model's device; on the GPU a frame already at
+        the training size is normalised there (a resize still goes through PIL, as in training)."""
+        import torch
+
+        check_bgr_frame(bgr_u8)
+        if self.device != "cuda" or bgr_u8.shape[:2] != self.train_hw:
+            return torch.from_numpy(self.preprocess(bgr_u8)).to(self.device)
+        return imagenet_normalise(rgb_tensor(bgr_u8, self.device))
+
     def logits(self, bgr_u8: np.ndarray) -> np.ndarray:
         """(1, num_classes, h, w) float32 class scores at the training size."""
-        x = self.preprocess(bgr_u8)
         if self.session is not None:
-            return self.session.run(x)
+            return self.session.run(self.preprocess(bgr_u8))
         import torch
 
         with torch.inference_mode():
-            return self.module(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+            return self.module(self.input_tensor(bgr_u8)).float().cpu().numpy()
 
     def predict(self, bgr_u8: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 BGR -> (H, W) uint8 real class ids 0..num_classes-1."""
@@ -242,8 +268,7 @@ class SegModel:
             import torch
 
             with torch.inference_mode():
-                x = torch.from_numpy(self.preprocess(bgr_u8)).to(self.device)
-                mask = self.module(x)[0].argmax(0).to(torch.uint8).cpu().numpy()
+                mask = self.module(self.input_tensor(bgr_u8))[0].argmax(0).to(torch.uint8).cpu().numpy()
         H, W = bgr_u8.shape[:2]
         if mask.shape != (H, W):
             mask = cv2.resize(mask, (W, H), interpolation=cv2.INTER_NEAREST)

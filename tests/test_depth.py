@@ -212,3 +212,14 @@ def test_node_exits_once_with_a_clear_error_on_a_corrupt_model(repo_root, tmp_pa
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "SO101_DEPTH_MODEL" in errors[0] and str(bad) in errors[0]
+
+
+def test_gpu_preprocessing_equals_the_cpu_one(frames):
+    """On CUDA the resize+normalise run in torch (bicubic a=-0.75, as cv2 INTER_CUBIC); same numbers,
+    checked here on the CPU with the same torch code."""
+    model = DepthModel(None, input_size=266)
+    for frame in (frames[0].data, frames[1].data[:, 80:560]):
+        ref = model.preprocess(frame)
+        got = model.preprocess_torch(frame, device="cpu").numpy()
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() < 1e-3  # 5e-5 before normalisation, / std 0.225

@@ -241,3 +241,13 @@ def test_node_exits_once_with_a_clear_error_on_a_missing_checkpoint(repo_root, t
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "SO101_SEG_CHECKPOINT" in errors[0] and "gone.ckpt" in errors[0]
+
+
+def test_gpu_normalisation_equals_the_cpu_one(frames):
+    """On CUDA a frame at the training size is normalised by torch on the GPU; same numbers (checked
+    here on the CPU with the same torch code)."""
+    from so101_deploy.seg import imagenet_normalise, rgb_tensor
+
+    model = SegModel(None, 6, frames[0].data.shape[:2])
+    got = imagenet_normalise(rgb_tensor(frames[0].data, "cpu")).numpy()
+    np.testing.assert_allclose(got, model.preprocess(frames[0].data), rtol=0, atol=1e-6)
