@@ -20,8 +20,9 @@ Two action spaces (``action.metadata.action_space``):
     ``goal = present + clip(a, -1, 1) * scale_rad`` for all six joints (gripper included).
 
 :class:`ControlLoop` wires a controller to :class:`~so101_deploy.safety.SafetyFilter`: nothing
-is emitted before the first joint reading (the slow start needs the present pose); every goal,
-including watchdog holds, goes through the filter.
+is emitted before the first joint reading (the slow start needs the present pose); an action is
+refused when the latest joint reading is older than the watchdog time (IK would steer from a stale
+pose); every goal, including watchdog holds, goes through the filter.
 """
 
 from __future__ import annotations
@@ -180,7 +181,9 @@ class ControlLoop:
     cartesian: CartesianController | None = None
     joint_delta: JointDeltaController | None = None
     mode: str = "auto"
+    joint_state_timeout_s: float | None = None  # None: the safety filter's watchdog_s
     present_rad: np.ndarray | None = field(default=None, init=False)
+    present_s: float | None = field(default=None, init=False)
     _active: str | None = field(default=None, init=False)
     _needs_reset: bool = field(default=True, init=False)
 
@@ -197,6 +200,7 @@ class ControlLoop:
         js = np.asarray(joint_state, dtype=np.float64)
         q = _present(js[0] if js.ndim == 2 else js)
         self.present_rad = q.copy()
+        self.present_s = float(now_s)
         if not self.safety.started:
             self.safety.reset(q, now_s)
 
@@ -217,6 +221,11 @@ class ControlLoop:
                                   f"{self.mode!r} (SO101_CONTROL_MODE); set it to {action_space!r} or 'auto'")
         if self.present_rad is None:
             return None
+        timeout_s = self.safety.watchdog_s if self.joint_state_timeout_s is None else self.joint_state_timeout_s
+        if now_s - self.present_s > timeout_s:
+            # IK from a stale pose would steer blind: drop the action, the watchdog holds
+            raise ControllerError(f"no fresh joint_state for {now_s - self.present_s:.2f} s (> {timeout_s} s): "
+                                  f"action not used; is the servo/sim node running?")
         ctrl = self._controller(action_space)
         if self.safety.watchdog_holding or self._active != action_space:
             self._needs_reset = True

@@ -159,6 +159,16 @@ def test_estop_release_and_watchdog_resume_restart_the_target(kin):
     np.testing.assert_allclose(loop.cartesian.target_m, kin.site_pose(q_later)[0])
 
 
+def test_actions_need_a_fresh_joint_state(kin):
+    loop = loop_of(kin, SO101_WATCHDOG_S="0.2")
+    loop.on_joint_state(Q, 0.0)
+    assert loop.on_action(np.zeros(4), "cartesian", 0.15) is not None
+    with pytest.raises(ControllerError, match="no fresh joint_state for 0.25 s"):
+        loop.on_action(np.zeros(4), "cartesian", 0.25)
+    loop.on_joint_state(Q, 0.3)
+    assert loop.on_action(np.zeros(4), "cartesian", 0.32) is not None
+
+
 def test_goal_message_round_trip(kin):
     loop = loop_of(kin)
     loop.on_joint_state(Q, 0.0)

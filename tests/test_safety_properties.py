@@ -107,6 +107,11 @@ def test_every_goal_is_finite_inside_limits_and_step_bounded(events, max_step, w
             actions = [np.array(ev[2][:dim])] if kind == "action" else [np.full(dim, ev[2])] * ev[3]
             for a in actions:
                 before = loop.safety.last_goal_rad
+                if loop.present_s is not None and now - loop.present_s > watchdog_s:
+                    with pytest.raises(ControllerError, match="no fresh joint_state"):
+                        loop.on_action(a, space, now)
+                    now += 0.02
+                    continue
                 out = loop.on_action(a, space, now)
                 if chk.ref is None:
                     assert out is None  # nothing before the first joint reading
