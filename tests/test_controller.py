@@ -256,7 +256,8 @@ def test_loop_needs_a_controller_for_a_fixed_mode(kin):
 
 SOURCE_NODE = '''
 """Test source: joint_state every tick (a fixed pose), +z Cartesian actions for the first
-N_ACTIONS ticks, then one joint_delta action (a mode mismatch), then silence (the watchdog)."""
+N_ACTIONS ticks (e-stop engaged for the last 3 of them), then one joint_delta action (a mode
+mismatch), then silence (the watchdog)."""
 import numpy as np
 from dora import Node
 from so101_deploy.messages import encode, now_ns
@@ -271,6 +272,9 @@ for event in node:
         continue
     js = np.stack([Q, np.zeros(6)])
     node.send_output("joint_state", *encode("joint_state", js, frame_id=n, stamp_ns=now_ns()))
+    if n in (3 + {n_actions} - 3, 3 + {n_actions}):  # engage before the last 3 actions, release after
+        node.send_output("estop", *encode("estop", np.array([int(n < 3 + {n_actions})], np.uint8), frame_id=n,
+                                          stamp_ns=now_ns()))
     if 3 <= n < 3 + {n_actions}:
         a = np.array([0.0, 0.0, 1.0, 0.3], np.float32)
         node.send_output("action", *encode("action", a, frame_id=100 + n, stamp_ns=1000 + n,
@@ -294,11 +298,11 @@ def test_controller_node_in_a_dataflow(repo_root, venv_bin, tmp_path, kin):
     record_dir = tmp_path / "rec"
     flow = {"nodes": [
         {"id": "source", "path": str(tmp_path / "source.py"), "inputs": {"tick": "dora/timer/millis/50"},
-         "outputs": ["joint_state", "action"]},
+         "outputs": ["joint_state", "action", "estop"]},
         {"id": "controller", "path": str(repo_root / "nodes" / "controller" / "main.py"),
          "env": {"SO101_CONTROL_MODE": "cartesian", "SO101_WATCHDOG_S": "0.3"},
          "inputs": {"action": "source/action", "joint_state": "source/joint_state",
-                    "tick": "dora/timer/millis/50"},
+                    "estop": "source/estop", "tick": "dora/timer/millis/50"},
          "outputs": ["goal"]},
         {"id": "recorder", "path": str(repo_root / "nodes" / "recorder" / "main.py"),
          "env": {"SO101_RECORD_DIR": str(record_dir), "SO101_RECORD_TYPES": "goal=joint_goal"},
@@ -316,6 +320,12 @@ def test_controller_node_in_a_dataflow(repo_root, venv_bin, tmp_path, kin):
     assert [g.frame_id for g in from_actions] == [100 + n for n in range(3, 3 + n_actions)], result.log[-2000:]
     assert [g.stamp_ns for g in from_actions] == [1000 + n for n in range(3, 3 + n_actions)]
     assert all(g.meta["mode"] == "cartesian" for g in from_actions)
+    # e-stop: the last 3 action goals are the hold of the goal before them
+    assert "e-stop ENGAGED" in result.log and "e-stop released" in result.log
+    assert [g.meta["events"] for g in from_actions[-3:]] == ["estop_engaged,estop_hold", "estop_hold", "estop_hold"]
+    for g in from_actions[-3:]:
+        np.testing.assert_array_equal(g.data, from_actions[-4].data)
+    assert all("estop" not in g.meta["events"] for g in from_actions[:-3])
     # the mismatched joint_delta action was rejected with a clear error, not turned into a goal
     assert "does not match the configured control mode" in result.log
     # +z actions raise the gripperframe; each goal within the step bound of the one before
@@ -326,5 +336,6 @@ def test_controller_node_in_a_dataflow(repo_root, venv_bin, tmp_path, kin):
         assert np.all(np.abs(g.data - prev) <= np.array([0.1] * 5 + [0.35]) + 1e-9)
         prev = g.data
     # silence after the actions: the watchdog held, reported once
-    assert holds and holds[0].meta["events"] == "watchdog_hold"
+    assert holds and holds[0].meta["events"].split(",")[-1] == "watchdog_hold"
+    assert all(h.meta["events"] in ("", "estop_released") for h in holds[1:])
     assert "safety events" in result.log and "Traceback" not in result.log
