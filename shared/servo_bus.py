@@ -15,6 +15,7 @@ Robustness beyond the stock SDK:
   whole arm.  A servo that misses ``absent_after`` reads in a row is taken out of the sync read
   (it would cost a ~35 ms timeout on every read) and probed again every ``probe_interval_s``;
   its last value is reported as stale (``Reading.missing_ids``).
+* The reply window is LeRobot's 50 ms instead of the stock 34 ms.
 * The SDK busy-polls the port while waiting for a reply; empty polls sleep 0.1 ms instead.
 * Torque release first broadcasts Torque_Enable=0 (one packet reaches every servo, no reply to
   lose), then writes and confirms it per servo.
@@ -42,6 +43,7 @@ CONFIGURE_ALL = (("Return_Delay_Time", 0), ("Maximum_Acceleration", 254), ("Acce
 CONFIGURE_PID = (("Operating_Mode", 0), ("P_Coefficient", 16), ("I_Coefficient", 0), ("D_Coefficient", 32))
 CONFIGURE_GRIPPER = (("Max_Torque_Limit", 500), ("Protection_Current", 250), ("Overload_Torque", 25))
 PHASE_MULTI_TURN_BIT = 0x10
+REPLY_WINDOW_MS = 50.0  # how long the SDK waits for a reply (LeRobot's value; stock SDK: 34 ms)
 
 
 class ServoBusError(RuntimeError):
@@ -54,6 +56,12 @@ class _PortHandler(scs.PortHandler):
     def clearPort(self):
         self.ser.flush()
         self.ser.reset_input_buffer()
+
+    def setPacketTimeout(self, packet_length):
+        # LeRobot's patch of the stock formula (2 x 16 ms "latency timer" + 2 ms): 50 ms + the bytes'
+        # time, after gitee.com/ftservo/SCServoSDK/issues/IBY2S6; Feetech's newer SDK does the same.
+        self.packet_start_time = self.getCurrentTime()
+        self.packet_timeout = self.tx_time_per_byte * (packet_length + 3.0) + REPLY_WINDOW_MS
 
     def readPort(self, length):
         # The SDK polls a non-blocking port in a tight loop while it waits for a reply; yielding the
