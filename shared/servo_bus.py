@@ -24,11 +24,14 @@ Robustness beyond the stock SDK:
 from __future__ import annotations
 
 import collections
+import contextlib
+import termios
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import scservo_sdk as scs
+import serial
 
 from . import sts3215 as sts
 from .calibration import Calibration
@@ -142,6 +145,16 @@ class ServoBus:
                 self.close(release_torque=False)
                 raise
 
+    @contextlib.contextmanager
+    def _port_errors(self, what: str):
+        """An unplugged adapter (or a stopped emulator) surfaces as OSError/termios/serial errors."""
+        try:
+            yield
+        except (OSError, termios.error, serial.SerialException) as e:
+            self.errors["port_error"] += 1
+            raise ServoBusError(f"servo bus {self.port_name}: {what} failed, the port does not work any more "
+                                f"({e}) -- unplugged or powered off?") from None
+
     def _idle_port(self) -> _PortHandler:
         if self._port is None or not self._port.is_open:
             raise ServoBusError(f"servo bus {self.port_name!r} is not open (call connect() first)")
@@ -179,7 +192,10 @@ class ServoBus:
                 if release_torque:
                     unconfirmed = self.set_torque(False)
             finally:
-                self._port.closePort()
+                try:
+                    self._port.closePort()
+                except Exception:  # noqa: BLE001 - a dead port still counts as closed
+                    pass
         self._port = None
         return unconfirmed
 
@@ -192,10 +208,11 @@ class ServoBus:
         result = scs.COMM_TX_FAIL
         for _ in range(tries):
             port = self._idle_port()
-            if reg.size == 1:
-                result, err = self._ph.write1ByteTxRx(port, servo_id, reg.address, raw)
-            else:
-                result, err = self._ph.write2ByteTxRx(port, servo_id, reg.address, raw)
+            with self._port_errors(f"writing {name}"):
+                if reg.size == 1:
+                    result, err = self._ph.write1ByteTxRx(port, servo_id, reg.address, raw)
+                else:
+                    result, err = self._ph.write2ByteTxRx(port, servo_id, reg.address, raw)
             if result == scs.COMM_SUCCESS:
                 return err
             self.errors["write_failed"] += 1
@@ -207,7 +224,8 @@ class ServoBus:
         tries = (self.write_retries if retries is None else retries) + 1
         result = scs.COMM_TX_FAIL
         for _ in range(tries):
-            data, result, _err = self._ph.readTxRx(self._idle_port(), servo_id, reg.address, reg.size)
+            with self._port_errors(f"reading {name}"):
+                data, result, _err = self._ph.readTxRx(self._idle_port(), servo_id, reg.address, reg.size)
             if result == scs.COMM_SUCCESS and len(data) == reg.size:
                 return sts.decode_value(reg, sts.from_bytes(data))
             self.errors["read_failed"] += 1
@@ -278,7 +296,8 @@ class ServoBus:
         group = scs.GroupSyncWrite(self._idle_port(), self._ph, GOAL.address, GOAL.size)
         for i, s in zip(self.ids, steps):
             group.addParam(i, sts.to_bytes(sts.encode_value(GOAL, int(s)), GOAL.size))
-        result = group.txPacket()
+        with self._port_errors("writing goals"):
+            result = group.txPacket()
         self._port.is_using = False
         if result != scs.COMM_SUCCESS:
             self.errors["write_failed"] += 1
@@ -301,6 +320,10 @@ class ServoBus:
 
     def read(self) -> Reading:
         """Sync-read position..Status of all servos (1 + read_retries attempts, merged)."""
+        with self._port_errors("reading"):
+            return self._read()
+
+    def _read(self) -> Reading:
         t0 = time.monotonic()
         self._idle_port()
         now = t0

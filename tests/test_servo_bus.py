@@ -109,3 +109,13 @@ def test_overload_bit_is_surfaced(emu, bus):
     reading = bus.read()
     assert reading.ok and reading.overload_ids == [6]
     assert reading.load[5] == 1000
+
+
+def test_an_unplugged_bus_is_a_clear_error_and_release_reports_it(emu, bus):
+    assert bus.read().ok
+    emu.stop()  # the adapter disappears
+    with pytest.raises(ServoBusError, match="port does not work any more"):
+        bus.read()
+    with pytest.raises(ServoBusError, match="port does not work any more"):
+        bus.write_goal_steps(np.full(6, 2048))
+    assert bus.close() == [1, 2, 3, 4, 5, 6]  # release could not be confirmed; no exception
