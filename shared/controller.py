@@ -198,19 +198,22 @@ class ControlLoop:
     def on_joint_state(self, joint_state: np.ndarray, now_s: float) -> None:
         """A (2, 6) joint_state (row 0 rad) or a (6,) pose; the first one starts the safety filter."""
         js = np.asarray(joint_state, dtype=np.float64)
+        if js.shape not in ((2, N_JOINTS), (N_JOINTS,)):
+            raise ControllerError(f"joint_state: expected (2, {N_JOINTS}) [rad; rad/s] or ({N_JOINTS},) rad, "
+                                  f"got shape {js.shape}")
         q = _present(js[0] if js.ndim == 2 else js)
         self.present_rad = q.copy()
         self.present_s = float(now_s)
         if not self.safety.started:
             self.safety.reset(q, now_s)
 
-    def on_estop(self, value: int) -> list[str]:
+    def on_estop(self, value: int) -> None:
+        """E-stop message value: 0 released; 1 (hold) or 2 (servo releases torque) both hold the goal."""
         engaged = int(value) != ESTOP_RELEASED
         was = self.safety.estop_engaged
         self.safety.estop(engaged)
         if was and not engaged:
             self._needs_reset = True  # the Cartesian target restarts from where the arm is now
-        return []
 
     def on_action(self, action: np.ndarray, action_space: str, now_s: float) -> Output | None:
         """One policy action -> the safe goal to send, or None before the first joint reading."""

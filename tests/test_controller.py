@@ -80,6 +80,10 @@ def test_cartesian_errors(kin):
         ctrl.step(np.zeros(6), Q)
     with pytest.raises(ControllerError, match="finite joint angles"):
         ctrl.step(np.zeros(4), np.full(6, np.inf))
+    loop = loop_of(kin)
+    with pytest.raises(ControllerError, match="joint_state"):
+        loop.on_joint_state(np.zeros((3, 6)), 0.0)
+    assert loop.present_rad is None and not loop.safety.started
     with pytest.raises(ControllerError, match="must be > 0"):
         CartesianController(kin, gain=0.0)
 
