@@ -21,7 +21,13 @@ LIFT_TARGET_Z_M = 0.14  # gripperframe height to lift to (cube well above 0.08 m
 GRIPPER_OPEN = 0.3  # the reset's gripper action: open enough for the 3 cm cube
 GRIPPER_CLOSE = -1.0
 POS_TOLERANCE_M = 0.006
-CLOSE_STEPS = 15  # 0.3 s at 50 Hz for the jaw to close on the cube
+CLOSE_STEPS = 15  # at least 0.3 s at 50 Hz for the jaw to close on the cube
+# the jaw holds the 3 cm cube at ~0.35 rad; below this for SETTLE_STEPS = closed on it.  A servo
+# layer with a per-step bound (the real servo node: 0.05 rad / 20 ms) closes the jaw more slowly
+# than the sim's actuator, so the lift waits for the jaw, not for a fixed time.
+GRIPPER_HELD_BELOW_RAD = 0.45
+SETTLE_STEPS = 5
+MAX_CLOSE_STEPS = 75
 GAIN = 0.5  # fraction of the remaining error commanded per step
 
 PHASES = ("approach", "descend", "close", "lift", "hold")
@@ -38,6 +44,7 @@ class ScriptedLiftPolicy:
         self.phase = "approach"
         self._phase_steps = 0
         self._grasp_point: np.ndarray | None = None
+        self._closed_steps = 0
 
     def _go(self, phase: str) -> None:
         self.phase = phase
@@ -47,8 +54,9 @@ class ScriptedLiftPolicy:
     def _move(target_m: np.ndarray, gripper_pos_m: np.ndarray) -> np.ndarray:
         return np.clip(GAIN * (target_m - gripper_pos_m) / ACTION_SCALE_M, -1.0, 1.0)
 
-    def act(self, cube_pos_m: np.ndarray, gripper_pos_m: np.ndarray) -> np.ndarray:
-        """The next action (4,) float32 for the present cube and gripperframe positions."""
+    def act(self, cube_pos_m: np.ndarray, gripper_pos_m: np.ndarray, gripper_rad: float | None = None) -> np.ndarray:
+        """The next action (4,) float32 for the present cube and gripperframe positions (m) and, when
+        known, the gripper joint angle (rad; without it the jaw gets CLOSE_STEPS to close)."""
         cube = np.asarray(cube_pos_m, dtype=np.float64)
         ee = np.asarray(gripper_pos_m, dtype=np.float64)
         for name, v in (("cube_pos_m", cube), ("gripper_pos_m", ee)):
@@ -67,7 +75,10 @@ class ScriptedLiftPolicy:
                 self._go("close")
             return self._action(self._move(grasp, ee), GRIPPER_OPEN)
         if self.phase == "close":
-            if self._phase_steps >= CLOSE_STEPS:
+            held = gripper_rad is None or float(gripper_rad) < GRIPPER_HELD_BELOW_RAD
+            self._closed_steps = self._closed_steps + 1 if held else 0
+            if (self._phase_steps >= CLOSE_STEPS and self._closed_steps >= SETTLE_STEPS) or \
+                    self._phase_steps >= MAX_CLOSE_STEPS:
                 self._go("lift")
             return self._action(self._move(self._grasp_point, ee), GRIPPER_CLOSE)
         target = self._grasp_point.copy()
@@ -109,7 +120,8 @@ class ScriptedPolicyRunner:
         if episode != self.episode:
             self.policy.reset()
             self.episode = episode
-        ee = self.kin.site_pose(np.asarray(msg.data[0], dtype=np.float64))[0]
-        action = self.policy.act(cube, ee)
+        q = np.asarray(msg.data[0], dtype=np.float64)
+        ee = self.kin.site_pose(q)[0]
+        action = self.policy.act(cube, ee, gripper_rad=q[5])
         return encode("action", action, action_space="cartesian", frame_id=msg.frame_id, stamp_ns=msg.stamp_ns,
                       phase=self.policy.phase)

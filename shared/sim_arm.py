@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
+from typing import Mapping
 
 import mujoco
 import numpy as np
@@ -40,6 +42,9 @@ HOLD_STEPS = 10
 # pads are thicker: they hold the 3 cm cube at ~0.33-0.37 rad (measured), so "closed" is 0.45 rad
 # here (the open reset gripper is 1.07 rad, where no 3 cm cube can touch both pads).
 GRIPPER_CLOSED_BELOW_RAD = 0.45
+# "tick": a dora timer paces the physics (real time when the renders keep up); "goal": lockstep as
+# in training, one control step per goal, so every frame is seen by the policy before the next step
+STEP_ON = ("tick", "goal")
 
 
 def _headless_gl_fallback() -> None:
@@ -262,6 +267,8 @@ class SimRunner:
         self.sim.reset(self.seed)
         self._episode_index = 0
         self.bus_bridge = bus_bridge
+        self.step_on = "tick"
+        self.resend_s = 1.0
         if bus_bridge is not None:
             bus_bridge.report()
 
@@ -284,6 +291,7 @@ class SimRunner:
         return result
 
     def tick(self) -> list[tuple[str, object, dict]]:
+        """One control step (or the reset that ends an episode), then :meth:`publish`."""
         finished = None
         if self.episode_over():
             finished = self._finish_episode()
@@ -293,6 +301,11 @@ class SimRunner:
             self.bus_bridge.report()
         else:
             self.sim.step()
+        return self.publish(finished)
+
+    def publish(self, finished: dict | None = None, force_frame: bool = False) -> list[tuple[str, object, dict]]:
+        """The present state as messages, without stepping (the first frame of a lockstep run, or a
+        resend when the loop stalled): joint_state, plus a frame when one is due or forced."""
         stamp = now_ns()
         cube = self.sim.cube_pos()
         meta = {"episode": self.sim.episode, "episode_step": self.sim.step_count,
@@ -303,7 +316,8 @@ class SimRunner:
         out = [("joint_state", *encode("joint_state", self.sim.joint_state(), frame_id=self.state_id,
                                        stamp_ns=stamp, **meta))]
         self.state_id += 1
-        if (self.camera or self.oracle_seg is not None) and self.sim.step_count % self.render_every == 0:
+        due = force_frame or self.sim.step_count % self.render_every == 0
+        if (self.camera or self.oracle_seg is not None) and due:
             out.extend(self.render_frame(stamp))
         return out
 
@@ -329,7 +343,9 @@ class SimBusBridge:
 
     Before each control step the goal each servo is driving to (Goal_Position steps) becomes the
     sim's joint goal through the calibration, and a servo without torque makes its joint limp;
-    after the step the simulated joints are reported back as Present_Position steps.
+    after the step the simulated joints are reported back as Present_Position steps.  Until the first
+    Torque_Enable write the arm holds its reset pose (as a real arm resting there would), so the
+    servo node's slow start finds the arm where the episode put it; after that, torque off is limp.
     """
 
     def __init__(self, sim: SimArm, bus, calibration):
@@ -337,6 +353,7 @@ class SimBusBridge:
         self.bus = bus
         self.calibration = calibration
         self.ids = [calibration.motor(name).id for name in JOINT_NAMES]
+        self.torque_seen = False
         missing = [i for i in self.ids if i not in bus.torque_enabled()]
         if missing:
             raise ValueError(f"SimBusBridge: the bus has no servo with id {missing} (calibration {calibration.source})")
@@ -347,6 +364,9 @@ class SimBusBridge:
         goals = self.bus.goal_steps()
         torque = self.bus.torque_enabled()
         on = np.array([torque[i] for i in self.ids], dtype=bool)
+        self.torque_seen = self.torque_seen or bool(on.any())
+        if not self.torque_seen:
+            return
         goal_rad = self.calibration.steps_to_rad(np.array([goals[i] for i in self.ids], dtype=np.float64))
         self.sim.set_torque(on)
         self.sim.apply_goal(np.where(on, goal_rad, self.sim.joint_state()[0]))
@@ -359,33 +379,149 @@ class SimBusBridge:
 
 def runner_from_settings(settings) -> tuple[SimRunner, object | None]:
     """Build the sim arm node's logic from its settings (see nodes/sim_arm/main.py); returns
-    (runner, the started EmulatedBus or None).  The caller stops the bus."""
+    (runner, the started :class:`BusProcess` or None).  The caller stops the bus."""
     from .node import SettingError
 
     seed = settings.int("SO101_SIM_SEED", 0, min=0)
+    step_on = settings.choice("SO101_SIM_STEP_ON", "tick", STEP_ON)
     render_every = settings.int("SO101_SIM_RENDER_EVERY", 1, min=1)
     camera = settings.bool("SO101_SIM_CAMERA", True)
     oracle = settings.bool("SO101_SIM_ORACLE", False)
     link = settings.str("SO101_SIM_BUS_LINK")
     # a real arm never teleports, so the bus variant runs one endless episode unless asked
     episode_steps = settings.int("SO101_SIM_EPISODE_STEPS", 0 if link else EPISODE_STEPS, min=0)
+    if link and step_on == "goal":
+        raise SettingError(f"{settings.node}: SO101_SIM_STEP_ON=goal needs goal messages; the bus variant "
+                           f"(SO101_SIM_BUS_LINK) reads the servo bus instead: use SO101_SIM_STEP_ON=tick")
     sim = SimArm()
-    bus = bridge = None
+    runner = SimRunner(sim, seed=seed, render_every=render_every, episode_steps=episode_steps, camera=camera,
+                       oracle=oracle)
+    bus = None
     if link:
         from .calibration import Calibration
-        from .emulator import EmulatedBus
 
         cal_path = settings.str("SO101_CALIBRATION")
         try:
             calibration = Calibration.load(cal_path) if cal_path else Calibration.example()
         except (ValueError, OSError) as e:
             raise SettingError(f"{settings.node}: SO101_CALIBRATION: {e}") from e
-        bus = EmulatedBus(link, calibration=calibration, external_motion=True).start()
+        ids = [calibration.motor(name).id for name in JOINT_NAMES]
+        # the bus starts at the reset pose, so a servo node enabling torque holds it there
+        start_steps = dict(zip(ids, calibration.rad_to_steps(sim.joint_state()[0]).tolist()))
+        bus = BusProcess(link, cal_path, start_steps).start()
         try:
-            bridge = SimBusBridge(sim, bus, calibration)
+            runner.bus_bridge = SimBusBridge(sim, bus, calibration)
         except Exception:
             bus.stop()
             raise
-    runner = SimRunner(sim, seed=seed, render_every=render_every, episode_steps=episode_steps, camera=camera,
-                       oracle=oracle, bus_bridge=bridge)
+    runner.step_on = step_on
+    runner.resend_s = settings.float("SO101_SIM_RESEND_S", 1.0, min=0.05, max=60.0)
     return runner, bus
+
+
+def _bus_process_main(link: str, calibration_path: str | None, start_steps: dict, present, goals, torque,
+                      stop, ready, error) -> None:
+    """The software servo bus in its own process (see :class:`BusProcess`), synced through shared arrays."""
+    from .calibration import Calibration
+    from .emulator import EmulatedBus
+
+    parent = os.getppid()
+    ids = sorted(start_steps)
+    try:
+        cal = Calibration.load(calibration_path) if calibration_path else Calibration.example()
+        bus = EmulatedBus(link, calibration=cal, external_motion=True, initial_steps=start_steps).start()
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+        error.put(f"{type(e).__name__}: {e}")
+        ready.set()
+        return
+    try:
+        ready.set()
+        while not stop.is_set() and os.getppid() == parent:  # a killed simulator takes its bus along
+            with present.get_lock():
+                p = list(present)
+            if not any(math.isnan(v) for v in p):
+                bus.set_present_steps(dict(zip(ids, p)))
+            g, t = bus.goal_steps(), bus.torque_enabled()
+            with goals.get_lock():
+                goals[:] = [g[i] for i in ids]
+                torque[:] = [1 if t[i] else 0 for i in ids]
+            stop.wait(0.002)
+    finally:
+        bus.stop()
+
+
+class BusProcess:
+    """:class:`so101_deploy.emulator.EmulatedBus` (``external_motion``) served by a child process,
+    with the same simulator accessors (``goal_steps``, ``torque_enabled``, ``set_present_steps``).
+
+    Why a process: dora's ``Node()`` holds the Python GIL until every node of the dataflow has
+    started (measured: a thread got 1 of ~90 time slices during a 4.5 s ``Node()``), and the servo
+    node must talk to the bus before it starts its own ``Node()``; a bus thread in the simulator's
+    process could not answer, and the dataflow would fail at start.
+    """
+
+    def __init__(self, link: str, calibration_path: str | None, start_steps: dict[int, float]):
+        import multiprocessing as mp
+
+        self._ctx = mp.get_context("spawn")  # never fork a process holding MuJoCo/GL state
+        self.link = str(link)
+        self.calibration_path = calibration_path
+        self.start_steps = {int(i): float(v) for i, v in start_steps.items()}
+        self.ids = sorted(self.start_steps)
+        n = len(self.ids)
+        self._present = self._ctx.Array("d", [math.nan] * n)
+        self._goals = self._ctx.Array("d", [self.start_steps[i] for i in self.ids])
+        self._torque = self._ctx.Array("b", [0] * n)
+        self._stop = self._ctx.Event()
+        self._ready = self._ctx.Event()
+        self._error = self._ctx.Queue()
+        self._proc = None
+
+    @property
+    def path(self) -> str:
+        return self.link
+
+    def start(self, timeout_s: float = 60.0) -> "BusProcess":
+        self._proc = self._ctx.Process(
+            target=_bus_process_main, name="so101-sim-bus", daemon=True,
+            args=(self.link, self.calibration_path, self.start_steps, self._present, self._goals, self._torque,
+                  self._stop, self._ready, self._error))
+        self._proc.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.wait(0.1):
+            if not self._proc.is_alive():
+                code = self._proc.exitcode
+                self.stop()
+                raise RuntimeError(f"software servo bus at {self.link}: its process exited with code {code} "
+                                   f"before serving (a script using it needs an `if __name__ == '__main__':` guard)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"software servo bus at {self.link} did not start within {timeout_s:.0f} s")
+        if not self._error.empty():
+            msg = self._error.get()
+            self.stop()
+            raise RuntimeError(f"software servo bus at {self.link} failed to start: {msg}")
+        return self
+
+    def goal_steps(self) -> dict[int, int]:
+        with self._goals.get_lock():
+            return {i: int(round(v)) for i, v in zip(self.ids, self._goals)}
+
+    def torque_enabled(self) -> dict[int, bool]:
+        with self._goals.get_lock():
+            return {i: bool(v) for i, v in zip(self.ids, self._torque)}
+
+    def set_present_steps(self, steps: Mapping[int, float]) -> None:
+        with self._present.get_lock():
+            for k, i in enumerate(self.ids):
+                if i in steps:
+                    self._present[k] = float(steps[i])
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._proc is not None:
+            self._proc.join(timeout=5.0)
+            if self._proc.is_alive():  # our own child, by its handle
+                self._proc.kill()
+                self._proc.join(timeout=2.0)
+            self._proc = None

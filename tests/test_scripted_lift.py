@@ -4,6 +4,8 @@ variant, where the real scservo_sdk drives the simulated arm."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -88,24 +90,28 @@ def test_scripted_policy_needs_the_privileged_cube(kin):
 
 @pytest.mark.integration
 def test_servo_bus_drives_the_sim(tmp_path):
-    """The software bus in-process (pty): scservo_sdk writes torque + goal, the sim moves, and the
-    bus reports the simulated joints as Present_Position."""
+    """The software bus in its own process (pty), as the sim arm node runs it: scservo_sdk writes
+    torque + goal, the sim moves, and the bus reports the simulated joints as Present_Position."""
     scs = pytest.importorskip("scservo_sdk")
     from so101_deploy.calibration import Calibration
-    from so101_deploy.emulator import EmulatedBus
-    from so101_deploy.sim_arm import SimBusBridge
+    from so101_deploy.sim_arm import BusProcess, SimBusBridge
     from so101_deploy.sts3215 import REGISTERS
 
     cal = Calibration.example()
     sim = SimArm()
-    bus = EmulatedBus(tmp_path / "bus", calibration=cal, external_motion=True).start()
+    runner = SimRunner(sim, seed=0, camera=False, episode_steps=0)
+    ids = [cal.motor(n).id for n in ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex",
+                                      "wrist_roll", "gripper")]
+    bus = BusProcess(str(tmp_path / "bus"), None, dict(zip(ids, cal.rad_to_steps(sim.joint_state()[0]).tolist())))
+    bus.start()
     port = scs.PortHandler(bus.path)
     try:
-        runner = SimRunner(sim, seed=0, camera=False, episode_steps=0, bus_bridge=SimBusBridge(sim, bus, cal))
+        runner.bus_bridge = SimBusBridge(sim, bus, cal)
+        for _ in range(10):  # no torque written yet: the arm holds its reset pose
+            runner.tick()
+        np.testing.assert_allclose(sim.joint_state()[0], sim.goal_rad(), atol=0.02)
         assert port.openPort() and port.setBaudRate(1_000_000)
         pkt = scs.PacketHandler(0)
-        ids = [cal.motor(n).id for n in ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex",
-                                          "wrist_roll", "gripper")]
         q0 = sim.joint_state()[0]
         present = []
         for i in ids:
@@ -121,15 +127,18 @@ def test_servo_bus_drives_the_sim(tmp_path):
             assert pkt.write2ByteTxRx(port, i, REGISTERS["Goal_Position"].address, int(s))[0] == scs.COMM_SUCCESS
         for _ in range(30):
             runner.tick()
+            time.sleep(0.004)  # let the bus process sync (2 ms period)
         q = sim.joint_state()[0]
         assert abs(q[0] - goal[0]) < 0.02, (q, goal)
         steps, res, _ = pkt.read2ByteTxRx(port, ids[0], REGISTERS["Present_Position"].address)
         assert res == scs.COMM_SUCCESS
-        assert abs(steps - cal.rad_to_steps(q)[0]) <= 1
+        assert abs(steps - cal.rad_to_steps(q)[0]) <= 2
+        assert not (tmp_path / "bus").exists() or (tmp_path / "bus").is_symlink()
     finally:
         port.closePort()
         bus.stop()
         sim.close()
+    assert not (tmp_path / "bus").exists(), "the bus link is removed when the bus stops"
 
 
 @pytest.mark.integration
