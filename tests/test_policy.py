@@ -316,3 +316,11 @@ def test_onnx_on_cuda_without_a_cuda_provider_is_refused(fixtures):
         pytest.skip("this onnxruntime has a CUDA provider")
     with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
         PolicyRunner.load(fixtures["policy_handoff"], backend="onnx", device="cuda")
+
+
+def test_snapshot_with_only_the_duplicate_actor_model_keys(fixtures, runner, tmp_path):
+    snap = torch.load(fixtures["policy_snapshot"], weights_only=False)
+    snap["agent"] = {k: v for k, v in snap["agent"].items() if not k.startswith("actor.")}
+    torch.save(snap, tmp_path / "dup_only.pt")
+    rgb, low = observation(8)
+    np.testing.assert_array_equal(PolicyRunner.load(tmp_path / "dup_only.pt").act(rgb, low)[0], runner.act(rgb, low)[0])
