@@ -12,7 +12,6 @@ import math
 import time
 
 import numpy as np
-import pyarrow as pa  # noqa: F401  (dora needs it loaded)
 from dora import Node
 
 from so101_deploy.messages import decode, encode, now_ns
