@@ -220,7 +220,7 @@ class SafetyFilter:
         (the present pose at the trip, clamped to the limits, approached one step per tick) until a
         fresh goal arrives; else ``None``.  A non-finite present pose holds the last goal instead."""
         if self._last_rad is None:
-            return None, self._take_pending()
+            return None, self._count(self._take_pending())
         now_s = self._time(now_s)
         events = self._take_pending()
         if self._watchdog_target is None:
