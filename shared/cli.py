@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emulate-bus": ("so101_deploy.emulator", "a software bus of six STS3215 servos on a pty that scservo_sdk talks to"),
     "fixtures": ("so101_deploy.fixtures", "write deterministic random-weight model files in the real checkpoint formats"),
     "infer": ("so101_deploy.infer", "run seg, depth, observation and policy offline on image files; write outputs"),
+    "sim-lift": ("so101_deploy.scripted_policy", "scripted cube lift in the MuJoCo sim through controller + safety (success rate, timings)"),
 }
 
 

@@ -9,80 +9,40 @@ import time
 import numpy as np
 import pytest
 
-from so101_deploy import sim_scene
-from so101_deploy.controller import control_loop_from_settings
 from so101_deploy.kinematics import Kinematics
 from so101_deploy.messages import MessageError, decode, encode
-from so101_deploy.node import Settings
-from so101_deploy.scripted_policy import ScriptedPolicyRunner
+from so101_deploy.scripted_policy import ScriptedPolicyRunner, run_scripted_episodes
 from so101_deploy.sim_arm import LIFT_HEIGHT_M, SimArm, SimRunner
 
-DT_S = 0.02
 
+def test_scripted_policy_lifts_the_cube_through_controller_and_safety():
+    checked = []
 
-@pytest.fixture(scope="module")
-def kin():
-    return Kinematics()
+    def check(prev, goal, safety):  # the safety invariant on every goal the loop sent
+        lo, hi, step = safety.limits.lower_rad, safety.limits.upper_rad, safety.max_step_rad
+        assert np.all(goal >= lo - 1e-9) and np.all(goal <= hi + 1e-9), goal
+        assert np.all(np.abs(goal - prev) <= step + 1e-9), (prev, goal)
+        checked.append(1)
 
-
-def run_episodes(kin, n: int, seed: int = 0, force_gripper: float | None = None):
-    """``n`` episodes of the dataflow sim-scripted, in-process; returns (results, max cube z per
-    episode, every (previous goal, goal) pair the controller emitted, the controller's limits)."""
-    sim = SimArm(sim_scene.build_model(), kin)
-    runner = SimRunner(sim, seed=seed, camera=False, oracle=False)
-    policy = ScriptedPolicyRunner(kin)
-    loop = None
-    episode = None
-    max_z: dict[int, float] = {}
-    goals = []
-    while len(runner.results) < n:
-        (_, value, meta), = runner.tick()
-        js = decode("joint_state", value, meta)
-        if js.meta["episode"] != episode:
-            # a new episode teleports the arm: the controller starts again from the present pose
-            episode = js.meta["episode"]
-            loop = control_loop_from_settings(Settings("controller", env={}), kin)
-            prev = None
-        now_s = js.meta["episode_step"] * DT_S
-        max_z[episode] = max(max_z.get(episode, 0.0), js.meta["cube_z_m"])
-        loop.on_joint_state(js.data, now_s)
-        action = decode("action", *policy.on_joint_state(js))
-        a = action.data.copy()
-        if force_gripper is not None:
-            a[3] = force_gripper
-        out = loop.on_action(a, action.meta["action_space"], now_s)
-        goal = decode("joint_goal", *encode("joint_goal", out.goal_rad, frame_id=js.frame_id, stamp_ns=js.stamp_ns))
-        goals.append((prev if prev is not None else js.data[0], goal.data.copy()))
-        prev = goal.data.copy()
-        runner.on_goal(goal.data)
-    return runner.results, max_z, goals, loop.safety
-
-
-def test_scripted_policy_lifts_the_cube_through_controller_and_safety(kin):
-    results, max_z, goals, safety = run_episodes(kin, 10)
+    results = run_scripted_episodes(10, seed=0, on_goal=check)
     assert [r["seed"] for r in results] == list(range(10))
     wins = [r for r in results if r["success"]]
     assert len(wins) >= 8, f"scripted lift succeeded in {len(wins)}/10: {results}"
     for r in wins:
-        assert max_z[r["episode"]] > LIFT_HEIGHT_M
-        assert r["steps"] < 200
-    # the safety invariant held on every goal the loop sent: inside the limits, bounded step
-    lo, hi, step = safety.limits.lower_rad, safety.limits.upper_rad, safety.max_step_rad
-    for prev, goal in goals:
-        assert np.all(goal >= lo - 1e-9) and np.all(goal <= hi + 1e-9)
-        assert np.all(np.abs(goal - prev) <= step + 1e-9)
+        assert r["max_cube_z_m"] > LIFT_HEIGHT_M and r["steps"] < 200
+    assert len(checked) >= sum(r["steps"] for r in results)
 
 
-def test_without_closing_the_gripper_nothing_is_lifted(kin):
+def test_without_closing_the_gripper_nothing_is_lifted():
     # negative control: the success test must not fire when the jaws never close
-    results, max_z, _, _ = run_episodes(kin, 2, force_gripper=0.3)
+    results = run_scripted_episodes(2, gripper_override=0.3)
     assert not any(r["success"] for r in results)
     assert all(r["steps"] == 200 for r in results)
-    assert max(max_z.values()) < 0.04
+    assert max(r["max_cube_z_m"] for r in results) < 0.04
 
 
-def test_scripted_policy_needs_the_privileged_cube(kin):
-    policy = ScriptedPolicyRunner(kin)
+def test_scripted_policy_needs_the_privileged_cube():
+    policy = ScriptedPolicyRunner(Kinematics())
     js = decode("joint_state", *encode("joint_state", np.zeros((2, 6)), frame_id=0, stamp_ns=1))
     with pytest.raises(MessageError, match="cube_x_m"):
         policy.on_joint_state(js)
