@@ -223,3 +223,55 @@ def test_gpu_preprocessing_equals_the_cpu_one(frames):
         got = model.preprocess_torch(frame, device="cpu").numpy()
         assert got.shape == ref.shape
         assert np.abs(got - ref).max() < 1e-3  # 5e-5 before normalisation, / std 0.225
+
+
+@pytest.mark.integration
+def test_seg_and_depth_nodes_in_a_dora_dataflow(repo_root, venv_bin, generated_video, fixture_paths, tmp_path):
+    """camera (generated video) -> seg (onnx) + depth (original .pth, torch) -> recorder, under `dora run`;
+    every recorded mask/disparity is what the library computes for the recorded frame of its frame_id."""
+    import yaml
+
+    from so101_deploy.dataflow import run_dataflow
+    from so101_deploy.recording import read_recording
+    from so101_deploy.seg import SegModel
+
+    seg_ckpt = write_seg_checkpoint(tmp_path / "seg" / "best.ckpt", img_hw=(64, 96), seed=2)
+    rec = tmp_path / "rec"
+    nodes = repo_root / "nodes"
+    flow = {"nodes": [
+        {"id": "camera", "path": str(nodes / "camera" / "main.py"), "outputs": ["image"],
+         "env": {"SO101_CAMERA": str(generated_video), "SO101_CAMERA_FPS": "5", "SO101_CAMERA_LOOP": "true"},
+         "inputs": {"tick": "dora/timer/millis/20"}},
+        {"id": "seg", "path": str(nodes / "seg" / "main.py"), "restart_policy": "never", "outputs": ["mask"],
+         "env": {"SO101_SEG_CHECKPOINT": str(seg_ckpt), "SO101_SEG_BACKEND": "onnx",
+                 "SO101_ONNX_CACHE": str(tmp_path / "onnx"), "SO101_THREADS": "1"},
+         "inputs": {"image": {"source": "camera/image", "queue_size": 1}}},
+        {"id": "depth", "path": str(nodes / "depth" / "main.py"), "restart_policy": "never", "outputs": ["disparity"],
+         "env": {"SO101_DEPTH_MODEL": str(fixture_paths["depth_pth"]), "SO101_DEPTH_INPUT_SIZE": str(SIZE),
+                 "SO101_THREADS": "1"},
+         "inputs": {"image": {"source": "camera/image", "queue_size": 1}}},
+        {"id": "recorder", "path": str(nodes / "recorder" / "main.py"), "restart_policy": "never",
+         "env": {"SO101_RECORD_DIR": str(rec), "SO101_RECORD_TYPES": "image=image,mask=seg_mask,disparity=disparity"},
+         "inputs": {k: {"source": s, "queue_size": 100} for k, s in
+                    (("image", "camera/image"), ("mask", "seg/mask"), ("disparity", "depth/disparity"))}},
+    ]}
+    path = tmp_path / "perception.yml"
+    path.write_text(yaml.safe_dump(flow, sort_keys=False))
+    env = {"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = run_dataflow(path, 25, extra_env=env, grace_s=60)  # counts from the daemon start (slow imports)
+    assert result.returncode == 0, result.log[-3000:]
+    assert "Traceback" not in result.log, result.log[-3000:]
+    got = read_recording(rec)
+    images = {m.frame_id: m for m in got["image"]}
+    assert got.get("mask") and got.get("disparity"), result.log[-3000:]
+    seg_ref = SegModel.load(seg_ckpt)
+    depth_ref = DepthModel.load(fixture_paths["depth_pth"], input_size=SIZE)
+    for m in got["mask"][:3]:
+        frame = images[m.frame_id]
+        assert m.stamp_ns == frame.stamp_ns and m.meta["classes"] == "real6" and m.meta["latency_ms"] > 0
+        assert (m.data == seg_ref.predict(frame.data)).mean() > 0.999
+    for d in got["disparity"][:3]:
+        frame = images[d.frame_id]
+        assert d.stamp_ns == frame.stamp_ns and d.data.shape == (480, 640) and d.meta["latency_ms"] > 0
+        ref = depth_ref.predict(frame.data)
+        assert np.abs(d.data - ref).max() <= 1e-4 * np.abs(ref).max()
