@@ -248,7 +248,8 @@ class SimRunner:
     every ``render_every`` steps the wrist ``image`` (when ``camera``) plus, when ``oracle``, the
     oracle ``mask`` (seg_mask, classes "sim5") and ``disparity`` of the same frame (same frame_id
     and stamp_ns).  An episode ends on success or after ``episode_steps``; the next tick resets
-    with seed ``seed + episode index`` and reports ``episode`` + 1, ``episode_step`` 0.
+    with seed ``seed + episode index`` and reports ``episode`` + 1, ``episode_step`` 0, and also
+    sends that first state on ``episode_start`` (before anything else of the tick).
     """
 
     def __init__(self, sim: SimArm, seed: int = 0, render_every: int = 1, episode_steps: int = EPISODE_STEPS,
@@ -313,8 +314,12 @@ class SimRunner:
                 "grasped": int(self.sim.is_grasped()), "success": int(self.sim.is_success())}
         if finished is not None:
             meta["previous_episode_success"] = int(finished["success"])
-        out = [("joint_state", *encode("joint_state", self.sim.joint_state(), frame_id=self.state_id,
-                                       stamp_ns=stamp, **meta))]
+        state = encode("joint_state", self.sim.joint_state(), frame_id=self.state_id, stamp_ns=stamp, **meta)
+        out = [("joint_state", *state)]
+        if finished is not None:
+            # sent first: wired to the observation's `reset` input, the frame stack restarts with
+            # the new episode's first frame, as training's FrameStack does at env.reset()
+            out.insert(0, ("episode_start", *state))
         self.state_id += 1
         due = force_frame or self.sim.step_count % self.render_every == 0
         if (self.camera or self.oracle_seg is not None) and due:

@@ -105,7 +105,8 @@ def test_runner_messages_round_trip(sim):
     episode = sim.episode
     runner.tick()
     out = runner.tick()
-    js = decode("joint_state", out[0][1], out[0][2])
+    assert [o[0] for o in out][:2] == ["episode_start", "joint_state"]
+    js = decode("joint_state", out[1][1], out[1][2])
     assert js.meta["episode"] == episode + 1 and js.meta["episode_step"] == 0
     assert js.meta["previous_episode_success"] == 0
     assert runner.results == [{"episode": episode, "seed": 2, "success": False, "steps": 3}]

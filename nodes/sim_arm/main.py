@@ -2,7 +2,8 @@
 
 Inputs: ``tick`` (a dora timer, ``dora/timer/millis/20``), ``goal`` (schema joint_goal; ignored in
 the bus variant).  Outputs: ``joint_state`` (with the privileged cube position and the episode in
-its metadata), ``image`` (wrist camera, 640x480 BGR), and with ``SO101_SIM_ORACLE=true`` the
+its metadata), ``episode_start`` (schema joint_state: the first state after each reset; wire it to
+the observation's ``reset`` input), ``image`` (wrist camera, 640x480 BGR), and with ``SO101_SIM_ORACLE=true`` the
 oracle ``mask`` (seg_mask, classes "sim5") and ``disparity`` of the same frame -- what training
 fed the policy, for A/B tests against the learned seg/depth.
 
