@@ -529,13 +529,23 @@ def _rate(text: str) -> float:
     return v
 
 
+def _speed(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive speed in steps/s, got {text!r}")
+    return v
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--link", required=True, help="path of the symlink to the pty (what SO101_PORT points at), "
                                                       "e.g. /tmp/ttySO101")
     parser.add_argument("--log", help="append one JSON line per accepted register write to this file")
     parser.add_argument("--calibration", help="LeRobot calibration JSON: homing offsets and range limits are "
                                               "'in the servos', the arm starts at mid-range (0 rad)")
-    parser.add_argument("--speed", type=float, default=DEFAULT_MAX_SPEED_SPS,
+    parser.add_argument("--speed", type=_speed, default=DEFAULT_MAX_SPEED_SPS,
                         help="max joint speed in steps/s (4096 steps per turn; default %(default)s)")
     parser.add_argument("--drop-rate", type=_rate, default=0.0, help="probability that a reply is lost")
     parser.add_argument("--corrupt-rate", type=_rate, default=0.0, help="probability of a bad reply checksum")
@@ -548,9 +558,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bus = EmulatedBus(args.link, calibration=args.calibration, max_speed_sps=args.speed, drop_rate=args.drop_rate,
-                      corrupt_rate=args.corrupt_rate, silent_ids=args.silent_id, overload_ids=args.overload_id,
-                      seed=args.seed, faults_after_s=args.faults_after, log_path=args.log)
+    try:
+        bus = EmulatedBus(args.link, calibration=args.calibration, max_speed_sps=args.speed,
+                          drop_rate=args.drop_rate, corrupt_rate=args.corrupt_rate, silent_ids=args.silent_id,
+                          overload_ids=args.overload_id, seed=args.seed, faults_after_s=args.faults_after,
+                          log_path=args.log)
+    except (ValueError, OSError) as e:  # CalibrationError is a ValueError
+        print(f"emulate-bus: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def _on_signal(signum, _frame):
@@ -558,7 +573,12 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    bus.start()
+    try:
+        bus.start()
+    except OSError as e:  # the link path is a real file, or its folder is not writable
+        print(f"emulate-bus: cannot link the bus at {args.link}: {e}", file=sys.stderr)
+        bus.stop()
+        return 2
     try:
         print(f"emulate-bus: {len(bus.servos)} STS3215 (ids {sorted(bus.servos)}) on {bus.port}, linked at "
               f"{bus.link_path}; Ctrl-C to stop", flush=True)

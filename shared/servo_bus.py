@@ -56,6 +56,8 @@ class ServoBusError(RuntimeError):
 class _PortHandler(scs.PortHandler):
     """The SDK's port handler; ``clearPort`` also drops stale replies (see module docstring)."""
 
+    reply_window_ms = REPLY_WINDOW_MS
+
     def clearPort(self):
         self.ser.flush()
         self.ser.reset_input_buffer()
@@ -64,7 +66,7 @@ class _PortHandler(scs.PortHandler):
         # LeRobot's patch of the stock formula (2 x 16 ms "latency timer" + 2 ms): 50 ms + the bytes'
         # time, after gitee.com/ftservo/SCServoSDK/issues/IBY2S6; Feetech's newer SDK does the same.
         self.packet_start_time = self.getCurrentTime()
-        self.packet_timeout = self.tx_time_per_byte * (packet_length + 3.0) + REPLY_WINDOW_MS
+        self.packet_timeout = self.tx_time_per_byte * (packet_length + 3.0) + self.reply_window_ms
 
     def readPort(self, length):
         # The SDK polls a non-blocking port in a tight loop while it waits for a reply; yielding the
@@ -100,9 +102,12 @@ class Reading:
 class ServoBus:
     def __init__(self, port: str, calibration: Calibration, baudrate: int = sts.DEFAULT_BAUDRATE,
                  read_retries: int = 2, write_retries: int = 3, absent_after: int = 5,
-                 probe_interval_s: float = 0.5):
+                 probe_interval_s: float = 0.5, reply_window_ms: float = REPLY_WINDOW_MS):
         if read_retries < 0 or write_retries < 0:
             raise ValueError("ServoBus: retries must be >= 0")
+        if not 1.0 <= reply_window_ms <= 1000.0:
+            raise ValueError(f"ServoBus: reply_window_ms must be in [1, 1000] ms, got {reply_window_ms}")
+        self.reply_window_ms = float(reply_window_ms)
         self.port_name = str(port)
         self.calibration = calibration
         self.ids = [int(i) for i in calibration.ids]
@@ -130,6 +135,7 @@ class ServoBus:
 
     def connect(self, handshake: bool = True) -> None:
         port = _PortHandler(self.port_name)
+        port.reply_window_ms = self.reply_window_ms
         try:
             opened = port.openPort() and port.setBaudRate(self.baudrate)
         except Exception as e:  # noqa: BLE001 - pyserial raises SerialException/OSError/ValueError

@@ -42,6 +42,7 @@ class ServoSettings:
     read_retries: int = 2
     max_step_rad: float = 0.05
     torque_on_start: bool = True
+    reply_window_ms: float = 50.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> "ServoSettings":
@@ -50,7 +51,8 @@ class ServoSettings:
                    watchdog_s=s.float("SO101_SERVO_WATCHDOG_S", 0.5, min=0.02, max=10.0),
                    read_retries=s.int("SO101_SERVO_READ_RETRIES", 2, min=0, max=10),
                    max_step_rad=s.float("SO101_MAX_STEP_RAD", 0.05, min=0.001, max=0.5),
-                   torque_on_start=s.bool("SO101_TORQUE_ON_START", True))
+                   torque_on_start=s.bool("SO101_TORQUE_ON_START", True),
+                   reply_window_ms=s.float("SO101_SERVO_REPLY_WINDOW_MS", 50.0, min=1.0, max=1000.0))
 
 
 def model_limits() -> JointLimits:
@@ -98,7 +100,8 @@ class ServoNode:
         lower, upper = calibration.limits_rad()
         limits = model_limits().intersect(JointLimits(lower, upper))
         safety = SafetyFilter(limits, settings.max_step_rad, settings.watchdog_s)
-        bus = ServoBus(settings.port, calibration, read_retries=settings.read_retries)
+        bus = ServoBus(settings.port, calibration, read_retries=settings.read_retries,
+                       reply_window_ms=settings.reply_window_ms)
         return cls(bus, safety, torque_on_start=settings.torque_on_start)
 
     # --- life cycle -----------------------------------------------------------------------------------

@@ -17,6 +17,14 @@ from so101_deploy.emulator import EmulatedBus
 CAL = Calibration.example()
 
 
+@pytest.fixture(autouse=True)
+def patient_sdk(monkeypatch):
+    """The stock SDK waits 2 x LATENCY_TIMER + 2 ms (34 ms) for a reply while busy-polling; on a
+    loaded 2-core test box the bus can miss that.  A longer window (the SDK's own knob) keeps these
+    protocol tests about the protocol, not about the machine's load."""
+    monkeypatch.setattr(scs.port_handler, "LATENCY_TIMER", 60)
+
+
 @pytest.fixture
 def make_bus(tmp_path):
     """Start an EmulatedBus (kwargs as the constructor) and an SDK port on it; both closed afterwards."""
@@ -226,3 +234,14 @@ def test_cli_rejects_bad_fault_options(venv_bin, tmp_path):
     out = subprocess.run([str(venv_bin / "so101-deploy"), "emulate-bus", "--link", str(tmp_path / "t"),
                           "--drop-rate", "1.5"], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "probability in [0, 1]" in out.stderr
+
+
+def test_cli_refuses_to_replace_a_real_file_and_a_bad_calibration(venv_bin, tmp_path):
+    real = tmp_path / "ttyACM0"
+    real.write_text("not a link")
+    out = subprocess.run([str(venv_bin / "so101-deploy"), "emulate-bus", "--link", str(real)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "is not a symlink" in out.stderr and real.read_text() == "not a link"
+    out = subprocess.run([str(venv_bin / "so101-deploy"), "emulate-bus", "--link", str(tmp_path / "t"),
+                          "--calibration", str(tmp_path / "none.json")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "not found" in out.stderr

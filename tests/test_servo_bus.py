@@ -22,7 +22,7 @@ def emu(tmp_path):
 
 @pytest.fixture
 def bus(emu):
-    b = ServoBus(emu.path, CAL)
+    b = ServoBus(emu.path, CAL, reply_window_ms=120)  # generous: the test box is loaded
     b.connect()
     yield b
     b.close()

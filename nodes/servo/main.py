@@ -5,7 +5,8 @@ optional `estop` (estop: 0 clear, 1 hold, 2 release torque).  Output: `joint_sta
 frame_id = read counter; metadata errors, error_kinds, overload_ids, missing_ids, torque, estop,
 hold, read_ms, events).
 Settings: SO101_PORT, SO101_CALIBRATION (required), SO101_SERVO_WATCHDOG_S (0.5),
-SO101_SERVO_READ_RETRIES (2), SO101_MAX_STEP_RAD (0.05), SO101_TORQUE_ON_START (true).
+SO101_SERVO_READ_RETRIES (2), SO101_MAX_STEP_RAD (0.05), SO101_TORQUE_ON_START (true; false =
+read-only monitoring, torque stays off), SO101_SERVO_REPLY_WINDOW_MS (50: how long to wait for a reply).
 
 Torque is released on every exit path: dora stop (on_stop), the end of the loop, an exception
 (finally), SIGTERM/SIGINT (raised into the loop as SystemExit/KeyboardInterrupt), interpreter exit
