@@ -375,3 +375,21 @@ def test_estop_hold_release_and_slow_restart(tmp_path):
         finally:
             node.shutdown()
     assert_torque_released_last(read_log(log))
+
+
+def test_model_limits_are_the_so101_mjcf_ranges():
+    limits = model_limits()  # read with MjSpec (no mesh loading), must equal the documented ranges
+    assert np.allclose(limits.lower_rad, [-1.91986, -1.74533, -1.69, -1.65806, -2.74385, -0.17453], atol=1e-5)
+    assert np.allclose(limits.upper_rad, [1.91986, 1.74533, 1.69, 1.65806, 2.84121, 1.74533], atol=1e-5)
+
+
+def test_settings_are_read_and_checked():
+    from so101_deploy.node import SettingError, Settings
+
+    s = ServoSettings.from_settings(Settings("servo", {"SO101_PORT": "/dev/ttyACM0", "SO101_CALIBRATION": "c.json",
+                                                       "SO101_SERVO_WATCHDOG_S": "0.25", "SO101_TORQUE_ON_START": "0"}))
+    assert (s.port, s.watchdog_s, s.torque_on_start, s.max_step_rad, s.read_retries) == \
+        ("/dev/ttyACM0", 0.25, False, 0.05, 2)
+    with pytest.raises(SettingError, match="SO101_MAX_STEP_RAD"):
+        ServoSettings.from_settings(Settings("servo", {"SO101_PORT": "p", "SO101_CALIBRATION": "c",
+                                                       "SO101_MAX_STEP_RAD": "3"}))
