@@ -40,6 +40,9 @@ def _real_size_depth_folder(folder: Path) -> Path:
 
     from .depth import PREPROCESSOR_CONFIG, v2_small_config
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = DepthAnythingForDepthEstimation(v2_small_config()).eval()

@@ -209,6 +209,10 @@ class SegModel:
         what = f"seg checkpoint {checkpoint_path}"
         head = state.get("seg_head.weight")
         num_classes = int(hparams.get("num_classes", head.shape[0] if head is not None else NUM_CLASSES))
+        if num_classes != NUM_CLASSES:  # the observation node remaps exactly the 6 real classes
+            raise ModelLoadError(f"{what} predicts {num_classes} classes; the pipeline expects the 6 real "
+                                 f"classes (0 unlabeled, 1 background, 2 table, 3 cube, 4 static_finger, "
+                                 f"5 moving_finger)")
         train_hw = train_hw_from_hparams(hparams, what)
         module = build_seg_module(num_classes)
         load_state_strict(module, state, what, "the pick-101 EfficientViT-B0 + FPN segmentation model "

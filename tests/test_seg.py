@@ -191,6 +191,12 @@ def test_wrong_class_count_is_a_shape_error(tmp_path):
     torch.save(ckpt, path)
     with pytest.raises(ModelLoadError, match="wrong shapes.*seg_head.weight"):
         SegModel.load(path)
+    # a consistent 7-class model is refused too: the pipeline's masks are the 6 real classes
+    ckpt["state_dict"]["seg_head.bias"] = torch.zeros(7)
+    ckpt["hyper_parameters"]["num_classes"] = 7
+    torch.save(ckpt, path)
+    with pytest.raises(ModelLoadError, match="predicts 7 classes"):
+        SegModel.load(path)
 
 
 def test_not_a_lightning_checkpoint_and_unsafe_pickles(tmp_path):
