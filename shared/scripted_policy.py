@@ -22,10 +22,10 @@ GRIPPER_OPEN = 0.3  # the reset's gripper action: open enough for the 3 cm cube
 GRIPPER_CLOSE = -1.0
 POS_TOLERANCE_M = 0.006
 CLOSE_STEPS = 15  # at least 0.3 s at 50 Hz for the jaw to close on the cube
-# the jaw holds the 3 cm cube at ~0.35 rad; below this for SETTLE_STEPS = closed on it.  A servo
+# the jaw holds the 3 cm cube at ~0.20 rad; below this for SETTLE_STEPS = closed on it.  A servo
 # layer with a per-step bound (the real servo node: 0.05 rad / 20 ms) closes the jaw more slowly
 # than the sim's actuator, so the lift waits for the jaw, not for a fixed time.
-GRIPPER_HELD_BELOW_RAD = 0.45
+GRIPPER_HELD_BELOW_RAD = 0.25
 SETTLE_STEPS = 5
 MAX_CLOSE_STEPS = 75
 GAIN = 0.5  # fraction of the remaining error commanded per step
@@ -152,8 +152,7 @@ def run_scripted_episodes(episodes: int, seed: int = 0, controller_env: dict | N
     dt_s = 0.02
     try:
         while len(runner.results) < episodes:
-            (_, value, meta), = runner.tick()
-            js = decode("joint_state", value, meta)
+            js = next(decode("joint_state", value, meta) for oid, value, meta in runner.tick() if oid == "joint_state")
             if js.meta["episode"] != episode:
                 episode = js.meta["episode"]
                 loop = control_loop_from_settings(Settings("controller", env=dict(controller_env or {})), sim.kin)

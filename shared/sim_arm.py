@@ -38,10 +38,7 @@ RESET_GRIPPER_ACTION = 0.3
 EPISODE_STEPS = 200
 LIFT_HEIGHT_M = 0.08
 HOLD_STEPS = 10
-# pick-101 calls the gripper "closed" below 0.25 rad, with its 2.5 mm finger pads. The lerobot
-# pads are thicker: they hold the 3 cm cube at ~0.33-0.37 rad (measured), so "closed" is 0.45 rad
-# here (the open reset gripper is 1.07 rad, where no 3 cm cube can touch both pads).
-GRIPPER_CLOSED_BELOW_RAD = 0.45
+GRIPPER_CLOSED_BELOW_RAD = 0.25  # pick-101 "closed": gripper qpos < 0.25 (the jaw holds the cube at ~0.20)
 # "tick": a dora timer paces the physics (real time when the renders keep up); "goal": lockstep as
 # in training, one control step per goal, so every frame is seen by the policy before the next step
 STEP_ON = ("tick", "goal")

