@@ -111,3 +111,32 @@ def test_runner_messages_round_trip(sim):
     assert js.meta["previous_episode_success"] == 0
     assert runner.results == [{"episode": episode, "seed": 2, "success": False, "steps": 3}]
     assert sim.seed == 3
+
+
+def test_lockstep_publish_sends_a_frame_without_stepping(sim):
+    runner = SimRunner(sim, seed=0, render_every=5, camera=False, oracle=True)
+    q = sim.joint_state()[0].copy()
+    out = runner.publish(force_frame=True)
+    assert [o[0] for o in out] == ["joint_state", "mask", "disparity"]
+    assert sim.step_count == 0
+    np.testing.assert_array_equal(sim.joint_state()[0], q)
+
+
+def test_sim_node_settings_are_checked():
+    from so101_deploy.node import SettingError, Settings
+    from so101_deploy.sim_arm import runner_from_settings
+
+    bad = [({"SO101_SIM_RENDER_EVERY": "0"}, "SO101_SIM_RENDER_EVERY"),
+           ({"SO101_SIM_STEP_ON": "sometimes"}, "SO101_SIM_STEP_ON"),
+           ({"SO101_SIM_ORACLE": "maybe"}, "SO101_SIM_ORACLE"),
+           ({"SO101_SIM_BUS_LINK": "/tmp/x", "SO101_SIM_STEP_ON": "goal"}, "needs goal messages"),
+           ({"SO101_SIM_BUS_LINK": "/tmp/so101-test-never-created", "SO101_CALIBRATION": "/nonexistent.json"},
+            "SO101_CALIBRATION")]
+    for env, match in bad:
+        with pytest.raises(SettingError, match=match):
+            runner_from_settings(Settings("sim_arm", env=env))
+    runner, bus = runner_from_settings(Settings("sim_arm", env={"SO101_SIM_SEED": "4", "SO101_SIM_STEP_ON": "goal"}))
+    try:
+        assert bus is None and runner.step_on == "goal" and runner.sim.seed == 4 and runner.episode_steps == 200
+    finally:
+        runner.close()
