@@ -65,7 +65,7 @@ def _torch_device() -> str:
 
 
 def _mujoco_render() -> str:
-    import mujoco
+    import mujoco  # noqa: PLC0415
 
     model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='1' type='sphere'/></worldbody></mujoco>")
     with mujoco.Renderer(model, 32, 32) as r:

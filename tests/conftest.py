@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import so101_deploy  # noqa: F401  (first: loads Triton before any mujoco/OSMesa import, see shared/gl.py)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS_DIR = REPO_ROOT / "tests" / "data" / "recordings"
 

@@ -1,0 +1,29 @@
+"""Headless OpenGL for MuJoCo, and the one library-order rule it needs.
+
+On a CPU machine MuJoCo renders through OSMesa (``MUJOCO_GL=osmesa``), whose llvmpipe loads its own
+LLVM.  If Triton (pulled in by torch/torchvision, e.g. when timm is imported) is loaded *after*
+that -- and ``import mujoco`` with ``MUJOCO_GL=osmesa`` is enough to load it -- the process
+segfaults inside Triton's import; loaded before, both work.  The package's ``__init__`` calls
+:func:`preload_for_osmesa`, so every node, command and test loads Triton first (~0.3 s) on
+machines that render through OSMesa.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+
+def will_use_osmesa() -> bool:
+    gl = os.environ.get("MUJOCO_GL")
+    if gl:
+        return gl == "osmesa"
+    # no MUJOCO_GL and no display on Linux: the project falls back to OSMesa
+    return sys.platform.startswith("linux") and not os.environ.get("DISPLAY")
+
+
+def preload_for_osmesa() -> None:
+    """Load Triton (when installed) before OSMesa's LLVM, so a later torch/timm import cannot crash."""
+    if will_use_osmesa() and importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
