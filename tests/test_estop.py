@@ -1,0 +1,52 @@
+"""The file e-stop: states, fail-safe reading, and the node under dora."""
+
+import numpy as np
+import pytest
+
+from so101_deploy.dataflow import REPO_ROOT, run_dataflow
+from so101_deploy.estop import CLEAR, HOLD, RELEASE, EstopFile
+from so101_deploy.recording import read_messages
+
+
+def test_states(tmp_path):
+    f = tmp_path / "so101.estop"
+    sw = EstopFile(f)
+    assert sw.state() == CLEAR
+    f.write_text("")
+    assert sw.state() == HOLD
+    f.write_text("release\n")
+    assert sw.state() == RELEASE
+    f.write_text("garbage")
+    assert sw.state() == HOLD  # anything unexpected holds
+
+
+def test_directory_in_place_of_file_holds(tmp_path):
+    (tmp_path / "so101.estop").mkdir()
+    assert EstopFile(tmp_path / "so101.estop").state() == HOLD
+
+
+@pytest.mark.integration
+def test_estop_node_publishes_file_state(tmp_path):
+    estop_file = tmp_path / "so101.estop"
+    estop_file.write_text("release")
+    flow = tmp_path / "estop.yml"
+    flow.write_text(f"""
+nodes:
+  - id: estop
+    path: {REPO_ROOT / 'nodes/estop/main.py'}
+    env: {{SO101_ESTOP_FILE: "{estop_file}"}}
+    inputs: {{tick: dora/timer/millis/50}}
+    outputs: [estop]
+  - id: recorder
+    path: {REPO_ROOT / 'nodes/recorder/main.py'}
+    env: {{SO101_RECORD_DIR: "{tmp_path / 'rec'}", SO101_RECORD_TYPES: "estop=estop"}}
+    inputs:
+      estop: {{source: estop/estop, queue_size: 100}}
+""")
+    res = run_dataflow(flow, 4)
+    assert res.returncode == 0, res.log[-2000:]
+    msgs = read_messages(tmp_path / "rec" / "estop.arrow")
+    assert len(msgs) >= 3
+    assert all(int(m.data[0]) == RELEASE for m in msgs)
+    assert [m.frame_id for m in msgs] == list(range(len(msgs)))
+    assert np.all(np.diff([m.stamp_ns for m in msgs]) > 0)
