@@ -264,12 +264,46 @@ def load_original_pth(path: Path):
     return model
 
 
+def use_original_pos_interpolation(model) -> None:
+    """Make the HF backbone resize its position embeddings the way the original DINOv2 code does.
+
+    Both resize the 37x37 grid bicubically, but the original passes ``scale_factor=(n + 0.1) / 37``
+    (DINOv2's offset), which also sets where PyTorch samples, while transformers passes ``size=n``.
+    At any input other than 518x518 the two embeddings differ (about 1-2 % of the output measured on
+    the real-size architecture); the real pipeline ran the original code, so that is matched here.
+    """
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    emb = model.backbone.embeddings
+
+    def interpolate_pos_encoding(embeddings, height: int, width: int):
+        pos = emb.position_embeddings
+        n_pos = pos.shape[1] - 1
+        # plain ints: under ONNX tracing the sizes are tensors, and the export is fixed-shape anyway
+        grid_h, grid_w = int(height) // PATCH, int(width) // PATCH
+        if grid_h * grid_w == n_pos and int(height) == int(width):
+            return pos
+        side = math.sqrt(n_pos)
+        grid = pos[:, 1:].float().reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, scale_factor=((grid_h + 0.1) / side, (grid_w + 0.1) / side), mode="bicubic",
+                             align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1).to(pos.dtype)
+        return torch.cat((pos[:, :1], grid), dim=1)
+
+    emb.interpolate_pos_encoding = interpolate_pos_encoding
+
+
 def load_depth_module(model_path):
     path = Path(model_path).expanduser()
     if not path.exists():
         raise ModelLoadError(f"depth model {path} does not exist (expected a Hugging Face folder or an "
                              f"original .pth file)")
-    return load_hf_folder(path) if path.is_dir() else load_original_pth(path)
+    model = load_hf_folder(path) if path.is_dir() else load_original_pth(path)
+    use_original_pos_interpolation(model)
+    return model
 
 
 def lower_bound_hw(height: int, width: int, input_size: int = DEFAULT_INPUT_SIZE, multiple: int = PATCH):

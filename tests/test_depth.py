@@ -275,3 +275,30 @@ def test_seg_and_depth_nodes_in_a_dora_dataflow(repo_root, venv_bin, generated_v
         assert d.stamp_ns == frame.stamp_ns and d.data.shape == (480, 640) and d.meta["latency_ms"] > 0
         ref = depth_ref.predict(frame.data)
         assert np.abs(d.data - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_position_embeddings_are_resized_as_the_original_dinov2_code():
+    """Golden values from the original Depth-Anything-V2/DINOv2 ``interpolate_pos_encoding`` (run once
+    on the seed-0 tiny fixture's embeddings, 266x350 input, 19x25 grid); transformers' own resize
+    differs, which on the real-size model moved the output by 1-2 %."""
+    from so101_deploy.fixtures import tiny_depth_module
+
+    model = tiny_depth_module(0)
+    tokens = torch.zeros(1, 1 + 19 * 25, 64)
+    with torch.no_grad():
+        native = model.backbone.embeddings.interpolate_pos_encoding(tokens, 266, 350)
+        from so101_deploy.depth import use_original_pos_interpolation
+
+        use_original_pos_interpolation(model)
+        got = model.backbone.embeddings.interpolate_pos_encoding(tokens, 266, 350)
+    assert got.shape == (1, 476, 64)
+    assert float(got[0, 1:].sum()) == pytest.approx(-2.758942127227783, abs=1e-4)
+    assert float(got[0, 1:].abs().sum()) == pytest.approx(403.4493103027344, rel=1e-5)
+    np.testing.assert_allclose(got[0, 5, :3].numpy(), [0.003237024648115039, 0.007244443520903587,
+                                                       -0.0054067037999629974], atol=1e-6)
+    np.testing.assert_allclose(got[0, -1, :3].numpy(), [0.028581853955984116, -0.014090366661548615,
+                                                        -0.013113295659422874], atol=1e-6)
+    assert (got - native).abs().max() > 1e-3
+    # at the model's own 518x518 the table is used as it is
+    assert model.backbone.embeddings.interpolate_pos_encoding(torch.zeros(1, 1370, 64), 518, 518) is \
+        model.backbone.embeddings.position_embeddings
