@@ -207,6 +207,13 @@ class ControlLoop:
         if not self.safety.started:
             self.safety.reset(q, now_s)
 
+    def restart(self, joint_state: np.ndarray, now_s: float) -> None:
+        """A new episode (the simulator reset the scene): start the safety filter and the Cartesian
+        target again from this joint state, as the training env re-initialised its target at reset."""
+        self.on_joint_state(joint_state, now_s)
+        self.safety.reset(self.present_rad, now_s)
+        self._needs_reset = True
+
     def on_estop(self, value: int) -> None:
         """E-stop message value: 0 released; 1 (hold) or 2 (servo releases torque) both hold the goal."""
         engaged = int(value) != ESTOP_RELEASED

@@ -78,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"[demo] fixture weights in {REPO_ROOT / 'artifacts' / 'fixtures'}", flush=True)
     ensure_fixtures(REPO_ROOT / "artifacts" / "fixtures")
     flow = load(src)
-    prepared = prepare(src, out / f"{src.stem}.demo.yml", extra_nodes=[monitor_node(flow, out, args.fps)])
+    # the oracle flow normally skips rendering the RGB view (the policy does not need it); the
+    # demo's video shows it beside the oracle mask and disparity
+    env = {"sim_arm": {"SO101_SIM_CAMERA": "true"}} if args.flow == "oracle" else None
+    prepared = prepare(src, out / f"{src.stem}.demo.yml", env=env, extra_nodes=[monitor_node(flow, out, args.fps)])
     print(f"[demo] dora run {src.name} for {args.seconds:.0f} s (headless, MUJOCO_GL={os.environ['MUJOCO_GL']})",
           flush=True)
     res = run_dataflow(prepared, args.seconds, log_path=out / "dora.log")

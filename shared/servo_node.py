@@ -18,6 +18,7 @@ again.  Torque is released by :meth:`ServoNode.shutdown`, which the node calls o
 from __future__ import annotations
 
 import collections
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class ServoSettings:
     max_step_rad: float = 0.05
     torque_on_start: bool = True
     reply_window_ms: float = 50.0
+    port_wait_s: float = 5.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> "ServoSettings":
@@ -52,7 +54,23 @@ class ServoSettings:
                    read_retries=s.int("SO101_SERVO_READ_RETRIES", 2, min=0, max=10),
                    max_step_rad=s.float("SO101_MAX_STEP_RAD", 0.05, min=0.001, max=0.5),
                    torque_on_start=s.bool("SO101_TORQUE_ON_START", True),
-                   reply_window_ms=s.float("SO101_SERVO_REPLY_WINDOW_MS", 50.0, min=1.0, max=1000.0))
+                   reply_window_ms=s.float("SO101_SERVO_REPLY_WINDOW_MS", 50.0, min=1.0, max=1000.0),
+                   port_wait_s=s.float("SO101_PORT_WAIT_S", 5.0, min=0.0, max=600.0))
+
+
+def wait_for_port(port: str, timeout_s: float, poll_s: float = 0.1) -> bool:
+    """Wait for the serial port to appear (a USB adapter still enumerating, a software bus still
+    starting); True when it exists.  Waiting happens before torque is ever touched."""
+    deadline = time.monotonic() + timeout_s
+    announced = False
+    while not os.path.exists(port):
+        if time.monotonic() >= deadline:
+            return False
+        if not announced:
+            _log("info", f"waiting up to {timeout_s:.0f} s for {port} to appear (SO101_PORT_WAIT_S)")
+            announced = True
+        time.sleep(poll_s)
+    return True
 
 
 def model_limits() -> JointLimits:

@@ -163,6 +163,20 @@ def test_estop_release_and_watchdog_resume_restart_the_target(kin):
     np.testing.assert_allclose(loop.cartesian.target_m, kin.site_pose(q_later)[0])
 
 
+def test_new_episode_restarts_target_and_safety_from_the_reset_pose(kin):
+    loop = loop_of(kin, SO101_SLOW_START_S=0)
+    loop.on_joint_state(Q, 0.0)
+    for i in range(10):  # drive the target up and away
+        loop.on_action(np.array([0.0, 0.0, 1.0, 0.0]), "cartesian", 0.02 * (i + 1))
+    q_reset = np.array([0.1, -0.2, 0.4, math.pi / 2, math.pi / 2, 1.07])  # the simulator teleported the arm
+    loop.restart(np.stack([q_reset, np.zeros(6)]), 0.3)
+    out = loop.on_action(np.zeros(4), "cartesian", 0.32)
+    np.testing.assert_allclose(loop.cartesian.target_m, kin.site_pose(q_reset)[0])
+    # the step bound now counts from the reset pose, not from the last goal of the old episode
+    step = np.abs(out.goal_rad[:5] - q_reset[:5])
+    assert np.all(step <= 0.1 + 1e-9)
+
+
 def test_actions_need_a_fresh_joint_state(kin):
     loop = loop_of(kin, SO101_WATCHDOG_S="0.2")
     loop.on_joint_state(Q, 0.0)

@@ -271,12 +271,20 @@ def test_missing_settings_or_port_exit_with_a_clear_message(tmp_path, capsys):
     assert "SO101_PORT is required" in capsys.readouterr().err
     saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
-        assert servo_main.main(node=[], env={"SO101_PORT": str(tmp_path / "ttyACM7"),
+        t0 = time.monotonic()
+        assert servo_main.main(node=[], env={"SO101_PORT": str(tmp_path / "ttyACM7"), "SO101_PORT_WAIT_S": "0.5",
+                                             "SO101_CALIBRATION": str(CAL_PATH)}) == 2
+        assert time.monotonic() - t0 >= 0.5  # it waited for the port to appear before giving up
+        # a path that exists but is no serial port: the bus cannot open it
+        (tmp_path / "not-a-tty").write_text("")
+        assert servo_main.main(node=[], env={"SO101_PORT": str(tmp_path / "not-a-tty"),
                                              "SO101_CALIBRATION": str(CAL_PATH)}) == 2
     finally:
         signal.signal(signal.SIGTERM, saved[0])
         signal.signal(signal.SIGINT, saved[1])
-    assert "cannot open servo bus port" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ttyACM7: no such port after 0 s; is the bus adapter plugged in" in err
+    assert "not-a-tty" in err
 
 
 # --- the node logic under injected faults (in-process bus, real scservo_sdk) -------------------------

@@ -1,7 +1,8 @@
 """Controller node: policy actions -> safe joint goals (rad) for the servo node.
 
 Inputs: ``action`` (schema action), ``joint_state`` (schema joint_state), ``tick`` (a dora timer,
-drives the watchdog), optional ``estop`` (schema estop).  Output: ``goal`` (schema joint_goal) with
+drives the watchdog), optional ``estop`` (schema estop), optional ``reset`` (schema joint_state: the
+first state of a new simulated episode; the target and the safety filter restart from it).  Output: ``goal`` (schema joint_goal) with
 metadata ``events`` (the safety events of this goal, comma separated), ``mode`` and ``source``
 ("action" or "watchdog").  Settings: see ``so101_deploy.controller.control_loop_from_settings``.
 """
@@ -39,6 +40,10 @@ def main() -> None:
     def on_joint_state(msg: Message) -> None:
         loop.on_joint_state(msg.data, time.monotonic())
 
+    def on_reset(msg: Message) -> None:
+        loop.restart(msg.data, time.monotonic())
+        log(NAME, "info", f"new episode {msg.meta.get('episode', '?')}: target restarts from the present pose")
+
     def on_estop(msg: Message) -> None:
         loop.on_estop(int(msg.data[0]))
         log(NAME, "warning", f"e-stop {'ENGAGED' if loop.safety.estop_engaged else 'released'}")
@@ -49,8 +54,8 @@ def main() -> None:
     def on_stop() -> None:
         log(NAME, "info", f"safety events: {dict(loop.safety.events_total)}")
 
-    run(NAME, {"action": "action", "joint_state": "joint_state", "estop": "estop"},
-        {"action": on_action, "joint_state": on_joint_state, "estop": on_estop},
+    run(NAME, {"action": "action", "joint_state": "joint_state", "estop": "estop", "reset": "joint_state"},
+        {"action": on_action, "joint_state": on_joint_state, "estop": on_estop, "reset": on_reset},
         on_tick={"tick": on_tick}, on_stop=on_stop, node=node)
 
 

@@ -6,7 +6,8 @@ frame_id = read counter; metadata errors, error_kinds, overload_ids, missing_ids
 hold, read_ms, events).
 Settings: SO101_PORT, SO101_CALIBRATION (required), SO101_SERVO_WATCHDOG_S (0.5),
 SO101_SERVO_READ_RETRIES (2), SO101_MAX_STEP_RAD (0.05), SO101_TORQUE_ON_START (true; false =
-read-only monitoring, torque stays off), SO101_SERVO_REPLY_WINDOW_MS (50: how long to wait for a reply).
+read-only monitoring, torque stays off), SO101_SERVO_REPLY_WINDOW_MS (50: how long to wait for a reply),
+SO101_PORT_WAIT_S (5: how long to wait for the port to appear before giving up).
 
 Torque is released on every exit path: dora stop (on_stop), the end of the loop, an exception
 (finally), SIGTERM/SIGINT (raised into the loop as SystemExit/KeyboardInterrupt), interpreter exit
@@ -20,7 +21,7 @@ import sys
 from so101_deploy.messages import encode, now_ns
 from so101_deploy.node import SettingError, Settings, log, run
 from so101_deploy.servo_bus import ServoBusError
-from so101_deploy.servo_node import ServoNode, ServoSettings
+from so101_deploy.servo_node import ServoNode, ServoSettings, wait_for_port
 
 NODE = "servo"
 
@@ -31,9 +32,14 @@ def _raise_on_signal(signum, _frame):
 
 def main(node=None, env=None) -> int:
     try:
-        servo = ServoNode.from_settings(ServoSettings.from_settings(Settings(NODE, env)))
+        settings = ServoSettings.from_settings(Settings(NODE, env))
+        servo = ServoNode.from_settings(settings)
     except (SettingError, ServoBusError, ValueError, OSError) as e:
         log(NODE, "error", str(e))
+        return 2
+    if not wait_for_port(settings.port, settings.port_wait_s):
+        log(NODE, "error", f"SO101_PORT={settings.port}: no such port after {settings.port_wait_s:.0f} s; "
+                           f"is the bus adapter plugged in (ls /dev/ttyACM*)?")
         return 2
     atexit.register(servo.shutdown)
     signal.signal(signal.SIGTERM, _raise_on_signal)
