@@ -25,33 +25,16 @@ import json
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .dataflow import REPO_ROOT, prepare, run_dataflow
-
-
-def _stats(samples_ms: list[float]) -> dict[str, float]:
-    s = sorted(samples_ms)
-    return {"p50_ms": round(statistics.median(s), 2), "min_ms": round(s[0], 2), "max_ms": round(s[-1], 2),
-            "runs": len(s)}
-
-
-def _time(fn: Callable[[], Any], runs: int, warmup: int = 2) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return _stats(samples)
+from .perception_bench import time_call
 
 
 def _frames(n: int = 8) -> list[np.ndarray]:
@@ -98,7 +81,7 @@ def bench_stages(models: dict[str, Path], device: str, threads: int | None, runs
     out["policy"] = {}
     for backend in ("torch", "onnx"):
         pol = PolicyRunner.load(models["policy"], device=device if backend == "torch" else "cpu", backend=backend)
-        out["policy"][backend] = _time(lambda: pol.act(rgb, low), runs * 4)
+        out["policy"][backend] = time_call(lambda: pol.act(rgb, low), runs * 4)
     out["observation"] = _bench_observation(runs * 4)
     out["controller"] = _bench_controller(runs * 4)
     return out
@@ -110,7 +93,7 @@ def _bench_observation(runs: int) -> dict[str, float]:
     rng = np.random.default_rng(1)
     mask = rng.integers(0, 6, (480, 640), dtype=np.uint8)
     disp = rng.random((480, 640), dtype=np.float32)
-    return _time(lambda: build_frame(mask, disp), runs)
+    return time_call(lambda: build_frame(mask, disp), runs)
 
 
 def _bench_controller(runs: int) -> dict[str, float]:
@@ -122,7 +105,7 @@ def _bench_controller(runs: int) -> dict[str, float]:
     q = np.array([0.0, -0.5, 0.8, 1.2, 1.57, 0.5])
     ctl.reset(q)
     a = np.array([0.3, -0.2, 0.1, 0.0], np.float32)
-    return _time(lambda: ctl.step(a, q), runs)
+    return time_call(lambda: ctl.step(a, q), runs)
 
 
 # --- 2. the hand-off pipeline as written ----------------------------------------------------------
@@ -161,29 +144,28 @@ def bench_handoff(models: dict[str, Path], device: str, threads: int | None, ite
         obs = handoff_preprocess(seg.predict(bgr), depth.predict(bgr), stack)
         pol.act(obs.reshape(3, 2, 84, 84) * 255.0, low)  # its (6,84,84)/255 tensor, shaped for the actor
 
-    one(0)  # warm-up
-    samples = []
-    for i in range(iterations):
-        t0 = time.perf_counter()
-        one(i + 1)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    st = _stats(samples)
-    st["rate_hz"] = round(1000.0 / statistics.mean(samples), 3)
+    frame_index = iter(range(10**9))
+    st = time_call(lambda: one(next(frame_index)), iterations, warmup=1)
+    st["rate_hz"] = round(1000.0 / st["mean_ms"], 3)
     return st
 
 
 # --- 3. this project's graph ----------------------------------------------------------------------
 
 def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: Path,
-                seg_backend: str, depth_backend: str, depth_size: int) -> dict[str, Any]:
+                seg_backend: str, depth_backend: str, depth_size: int,
+                bus_log: Path | None = None) -> dict[str, Any]:
+    """Run ``dataflow.yml`` itself with the generated video as camera and the software bus as arm;
+    ``bus_log`` keeps every register write the servo node made (the integration tests read it)."""
     from .synthetic import write_video  # noqa: PLC0415
 
     out_dir.mkdir(parents=True, exist_ok=True)
     video = write_video(out_dir / "camera.mp4", frames=90)
     link = out_dir / "ttySO101"
     calibration = Path(__file__).parent / "data" / "calibration_so101_example.json"
-    bus = subprocess.Popen([sys.executable, "-m", "so101_deploy.cli", "emulate-bus", "--link", str(link),
-                            "--calibration", str(calibration)], start_new_session=True,
+    bus_cmd = [sys.executable, "-m", "so101_deploy.cli", "emulate-bus", "--link", str(link),
+               "--calibration", str(calibration)] + (["--log", str(bus_log)] if bus_log else [])
+    bus = subprocess.Popen(bus_cmd, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         for _ in range(100):
@@ -192,17 +174,20 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
             time.sleep(0.05)
         else:
             raise RuntimeError("the software servo bus did not come up")
-        threads = {"SO101_THREADS": "1"} if device == "cpu" else {}
+        # on a CPU, depth (the slow one) gets both cores' threads, seg one: seg finishes early
+        seg_threads = {"SO101_THREADS": "1"} if device == "cpu" else {}
+        depth_threads = {"SO101_THREADS": "2"} if device == "cpu" else {}
         env = {
             "camera": {"SO101_CAMERA": str(video), "SO101_CAMERA_LOOP": "true"},
             "seg": {"SO101_SEG_CHECKPOINT": str(models["seg"]), "SO101_SEG_BACKEND": seg_backend,
-                    "SO101_DEVICE": device, "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"), **threads},
+                    "SO101_DEVICE": device, "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"), **seg_threads},
             "depth": {"SO101_DEPTH_MODEL": str(models["depth"]), "SO101_DEPTH_BACKEND": depth_backend,
                       "SO101_DEPTH_INPUT_SIZE": str(depth_size), "SO101_DEPTH_FP16": str(device == "cuda").lower(),
-                      "SO101_DEVICE": device, "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"), **threads},
+                      "SO101_DEVICE": device, "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"), **depth_threads},
             "policy": {"SO101_POLICY_CHECKPOINT": str(models["policy"]), "SO101_DEVICE": device},
             "controller": {"SO101_CALIBRATION": str(calibration)},
             "servo": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(calibration)},
+            "estop": {"SO101_ESTOP_FILE": str(out_dir / "so101.estop")},  # never a stray /tmp file
         }
         monitor = {"id": "monitor", "path": str(REPO_ROOT / "nodes" / "monitor" / "main.py"),
                    "env": {"SO101_MONITOR_DIR": str(out_dir / "monitor")},

@@ -84,6 +84,10 @@ class Monitor:
     action_spaces: Counter = field(default_factory=Counter)
     episodes: Counter = field(default_factory=Counter)
     started_s: float = field(default_factory=time.time)
+    limits: Any = None  # safety.JointLimits: every goal is checked against them
+    goals_outside_limits: int = 0
+    max_goal_step_rad: np.ndarray | None = None  # per joint, between consecutive goals
+    _last_goal: np.ndarray | None = None
     _writer: Any = None
     _max_goal_frame: int = -1
     _last_row: np.ndarray | None = None
@@ -133,6 +137,13 @@ class Monitor:
             self.new_frame_latencies_ms.append((now_ns - msg.stamp_ns) / 1e6)
             self._max_goal_frame = msg.frame_id
         self.goal_frame_ids.append(msg.frame_id)
+        goal = np.asarray(msg.data, np.float64)
+        if self.limits is not None and not self.limits.contains(goal, tol_rad=1e-9):
+            self.goals_outside_limits += 1
+        if self._last_goal is not None:
+            step = np.abs(goal - self._last_goal)
+            self.max_goal_step_rad = step if self.max_goal_step_rad is None else np.maximum(self.max_goal_step_rad, step)
+        self._last_goal = goal
         for ev in str(msg.meta.get("events", "")).split(","):
             if ev.strip():
                 self.safety_events[ev.strip()] += 1
@@ -171,6 +182,9 @@ class Monitor:
             "new_frame_goal_rate_hz": (len(new) - 1) / new_span_s if new_span_s > 0 else 0.0,
             "new_frame_latency_ms": _percentiles(self.new_frame_latencies_ms),
             "safety_events": dict(self.safety_events),
+            "goals_outside_limits": self.goals_outside_limits if self.limits is not None else None,
+            "max_goal_step_rad": None if self.max_goal_step_rad is None else
+            [round(float(x), 4) for x in self.max_goal_step_rad],
             "action_spaces": dict(self.action_spaces),
             "episodes": dict(self.episodes),
             "goal_frame_ids_nondecreasing": all(b >= a for a, b in zip(ids, ids[1:])),
@@ -206,6 +220,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
         f"- new camera frames reaching the arm: {rep['new_frame_goal_rate_hz']:.2f} Hz "
         f"(latency {_fmt(rep['new_frame_latency_ms'], 'ms')})",
         f"- safety events: {rep['safety_events'] or 'none'}",
+        f"- goals outside the joint limits: {rep['goals_outside_limits']}; largest change between consecutive "
+        f"goals per joint (rad): {rep['max_goal_step_rad']}",
         f"- action spaces: {rep['action_spaces']}",
         f"- episodes: {rep['episodes'] or 'none finished'}",
         f"- goal frame ids in order: {rep['goal_frame_ids_nondecreasing']} "

@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-def _time(fn: Callable[[], object], runs: int, warmup: int) -> dict:
+def time_call(fn: Callable[[], object], runs: int, warmup: int = 2) -> dict:
+    """Wall time of ``fn()`` after ``warmup`` calls: p50/min/max/mean in ms over ``runs`` calls."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -28,7 +29,7 @@ def _time(fn: Callable[[], object], runs: int, warmup: int) -> dict:
         samples.append((time.perf_counter() - t0) * 1e3)
     samples.sort()
     return {"p50_ms": round(statistics.median(samples), 2), "min_ms": round(samples[0], 2),
-            "max_ms": round(samples[-1], 2), "runs": runs}
+            "max_ms": round(samples[-1], 2), "mean_ms": round(statistics.mean(samples), 2), "runs": runs}
 
 
 def _real_size_depth_folder(folder: Path) -> Path:
@@ -83,7 +84,7 @@ def bench_perception(seg_checkpoint=None, depth_model=None, backends: Sequence[s
             result["seg"] = {}
             for backend in backends:
                 model = SegModel.load(ckpt, device=device, backend=backend, onnx_cache_dir=cache, threads=threads)
-                stats = _time(lambda: model.predict(frame), runs, warmup)
+                stats = time_call(lambda: model.predict(frame), runs, warmup)
                 stats["input"] = f"{model.train_hw[0]}x{model.train_hw[1]}"
                 result["seg"][backend] = stats
                 say(f"seg {backend} {stats['input']}: p50 {stats['p50_ms']} ms")
@@ -97,7 +98,7 @@ def bench_perception(seg_checkpoint=None, depth_model=None, backends: Sequence[s
                     model = DepthModel.load(source, device=device, backend=backend, input_size=size, fp16=half,
                                             onnx_cache_dir=cache, threads=threads)
                     model.warmup(frame_hw)  # exports the fixed-shape graph outside the timing
-                    stats = _time(lambda: model.predict(frame), depth_runs or runs, warmup)
+                    stats = time_call(lambda: model.predict(frame), depth_runs or runs, warmup)
                     h, w = model.input_hw(frame_hw)
                     stats["input"] = f"{h}x{w}"
                     key = backend + ("_fp16" if half else "")

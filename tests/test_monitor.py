@@ -44,6 +44,17 @@ def test_video_report_and_latency(tmp_path):
     assert "latency" in (tmp_path / "report.md").read_text()
 
 
+def test_goals_are_checked_against_the_limits(tmp_path):
+    from so101_deploy.safety import JointLimits
+
+    mon = Monitor(tmp_path, limits=JointLimits(np.full(6, -1.0), np.full(6, 1.0)))
+    for fid, goal in enumerate(([0.0] * 6, [0.2, 0, 0, 0, 0, -0.1], [1.5, 0, 0, 0, 0, 0])):
+        mon.on_goal(_msg("joint_goal", np.array(goal), frame_id=fid, stamp_ns=10), now_ns=20)
+    rep = mon.report()
+    assert rep["goals_outside_limits"] == 1
+    assert rep["max_goal_step_rad"] == [1.3, 0.0, 0.0, 0.0, 0.0, 0.1]
+
+
 def test_out_of_order_goals_are_flagged(tmp_path):
     mon = Monitor(tmp_path)
     for i, fid in enumerate((0, 2, 1, 2)):

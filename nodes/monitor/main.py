@@ -4,6 +4,7 @@ from dora import Node
 
 from so101_deploy.monitor import Monitor
 from so101_deploy.node import Settings, log, run
+from so101_deploy.safety import JointLimits
 
 SCHEMAS = {"image": "image", "mask": "seg_mask", "disparity": "disparity", "action": "action",
            "goal": "joint_goal", "joint_state": "joint_state"}
@@ -12,7 +13,8 @@ SCHEMAS = {"image": "image", "mask": "seg_mask", "disparity": "disparity", "acti
 def main() -> None:
     settings = Settings("monitor")
     mon = Monitor(settings.str("SO101_MONITOR_DIR", "artifacts/monitor"),
-                  fps=settings.float("SO101_MONITOR_FPS", 10.0, min=1.0, max=120.0))
+                  fps=settings.float("SO101_MONITOR_FPS", 10.0, min=1.0, max=120.0),
+                  limits=JointLimits.from_model())
     handlers = {"image": mon.on_image, "mask": mon.on_mask, "disparity": mon.on_disparity,
                 "action": mon.on_action, "goal": mon.on_goal, "joint_state": mon.on_joint_state}
 
