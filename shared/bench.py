@@ -59,9 +59,8 @@ def real_size_models(folder: Path) -> dict[str, Path]:
     if not (depth / "model.safetensors").exists():
         depth.mkdir(parents=True, exist_ok=True)
         _real_size_depth_folder(depth)
-    snaps = write_fixture_snapshots(folder / "policy") if not (folder / "policy").exists() else {
-        "policy_snapshot": next((folder / "policy").glob("*snapshot*.pt"))}
-    return {"seg": seg, "depth": depth, "policy": Path(snaps["policy_snapshot"])}
+    policy = Path(write_fixture_snapshots(folder / "policy")["policy_snapshot"])  # the real DrQ-v2 size already
+    return {"seg": seg, "depth": depth, "policy": policy}
 
 
 # --- 1. stages ------------------------------------------------------------------------------------
@@ -184,7 +183,8 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
             "depth": {"SO101_DEPTH_MODEL": str(models["depth"]), "SO101_DEPTH_BACKEND": depth_backend,
                       "SO101_DEPTH_INPUT_SIZE": str(depth_size), "SO101_DEPTH_FP16": str(device == "cuda").lower(),
                       "SO101_DEVICE": device, "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"), **depth_threads},
-            "policy": {"SO101_POLICY_CHECKPOINT": str(models["policy"]), "SO101_DEVICE": device},
+            "policy": {"SO101_POLICY_CHECKPOINT": str(models["policy"]), "SO101_DEVICE": device,
+                       "SO101_POLICY_BACKEND": "onnx" if device == "cpu" else "torch"},
             "controller": {"SO101_CALIBRATION": str(calibration)},
             "servo": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(calibration)},
             "estop": {"SO101_ESTOP_FILE": str(out_dir / "so101.estop")},  # never a stray /tmp file

