@@ -67,11 +67,17 @@ def _torch_device() -> str:
 def _mujoco_render() -> str:
     import mujoco  # noqa: PLC0415
 
+    from .gl import headless_gl_fallback  # noqa: PLC0415
+
+    headless_gl_fallback()  # what the simulator does on a machine without a display
+
     model = mujoco.MjModel.from_xml_string("<mujoco><worldbody><geom size='1' type='sphere'/></worldbody></mujoco>")
     with mujoco.Renderer(model, 32, 32) as r:
         r.update_scene(mujoco.MjData(model))
         img = r.render()
-    return f"offscreen render {img.shape} with MUJOCO_GL={os.environ.get('MUJOCO_GL', '(default)')}"
+    from mujoco import gl_context  # noqa: PLC0415
+
+    return f"offscreen render {img.shape} through {gl_context.GLContext.__module__}"
 
 
 def _camera(src: str) -> str:

@@ -27,3 +27,16 @@ def preload_for_osmesa() -> None:
     """Load Triton (when installed) before OSMesa's LLVM, so a later torch/timm import cannot crash."""
     if will_use_osmesa() and importlib.util.find_spec("triton") is not None:
         import triton  # noqa: F401
+
+
+def headless_gl_fallback() -> None:
+    """mujoco picks its GL backend from MUJOCO_GL when it is imported; GLFW (the default) needs a
+    display.  On a headless Linux machine with MUJOCO_GL unset, switch the Renderer to OSMesa."""
+    if os.environ.get("MUJOCO_GL") or os.environ.get("DISPLAY") or not sys.platform.startswith("linux"):
+        return
+    from mujoco import gl_context
+
+    if getattr(gl_context.GLContext, "__module__", "").startswith("mujoco.glfw"):
+        from mujoco.osmesa import GLContext  # sets PYOPENGL_PLATFORM=osmesa when unset
+
+        gl_context.GLContext = GLContext

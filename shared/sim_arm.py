@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from typing import Mapping
 
@@ -24,6 +23,7 @@ import mujoco
 import numpy as np
 
 from . import sim_scene
+from .gl import headless_gl_fallback
 from .kinematics import Kinematics, gripper_action_to_rad
 from .messages import JOINT_NAMES, N_JOINTS, encode, now_ns
 from .oracle import OracleSeg, disparity_from_depth
@@ -42,19 +42,6 @@ GRIPPER_CLOSED_BELOW_RAD = 0.25  # pick-101 "closed": gripper qpos < 0.25 (the j
 # "tick": a dora timer paces the physics (real time when the renders keep up); "goal": lockstep as
 # in training, one control step per goal, so every frame is seen by the policy before the next step
 STEP_ON = ("tick", "goal")
-
-
-def _headless_gl_fallback() -> None:
-    """mujoco picks its GL backend from MUJOCO_GL when it is imported; GLFW (the default) needs a
-    display.  On a headless Linux machine with MUJOCO_GL unset, switch the Renderer to OSMesa."""
-    if os.environ.get("MUJOCO_GL") or os.environ.get("DISPLAY") or not sys.platform.startswith("linux"):
-        return
-    from mujoco import gl_context
-
-    if getattr(gl_context.GLContext, "__module__", "").startswith("mujoco.glfw"):
-        from mujoco.osmesa import GLContext  # sets PYOPENGL_PLATFORM=osmesa when unset
-
-        gl_context.GLContext = GLContext
 
 
 class SimError(ValueError):
@@ -200,7 +187,7 @@ class SimArm:
     def _renderer(self, kind: str) -> mujoco.Renderer:
         r = self._renderers.get(kind)
         if r is None:
-            _headless_gl_fallback()
+            headless_gl_fallback()
             try:
                 r = mujoco.Renderer(self.model, sim_scene.IMAGE_HEIGHT, sim_scene.IMAGE_WIDTH)
             except Exception as e:  # noqa: BLE001 - GL setup errors come in several types

@@ -1,0 +1,48 @@
+"""The installed `so101-deploy` command: help, version, every subcommand's own help, and doctor."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from so101_deploy import __version__
+from so101_deploy.cli import COMMANDS
+
+
+def cli(*args, timeout=120):
+    exe = shutil.which("so101-deploy")
+    assert exe, "the console script is not installed (pip install -e .)"
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_version_and_help():
+    res = cli("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"so101-deploy {__version__}"
+    res = cli("--help")
+    assert res.returncode == 0
+    for name in COMMANDS:
+        assert name in res.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_its_own_help(name):
+    res = cli(name, "--help")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"usage: so101-deploy {name}")
+
+
+def test_unknown_command_is_refused():
+    res = cli("fly")
+    assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_doctor_checks_this_machine_and_fails_on_a_bad_calibration(tmp_path):
+    res = cli("doctor", timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "OK    dora cli" in res.stdout and "OK    mujoco rendering" in res.stdout
+    bad = tmp_path / "cal.json"
+    bad.write_text('{"shoulder_pan": {"id": 1}}')
+    res = cli("doctor", "--calibration", str(bad), "--port", str(tmp_path / "ttyACM9"), timeout=180)
+    assert res.returncode == 1
+    assert "FAIL  calibration" in res.stdout and "FAIL  servo bus" in res.stdout
+    assert "ttyACM9 does not exist" in res.stdout
