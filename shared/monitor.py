@@ -4,7 +4,7 @@ The monitor listens to the camera frames, the masks, the disparities, the action
 of a running graph.  It writes
 
 * a video: wrist view | mask (class colours) | disparity (near = bright), one row per frame for
-  which both perception results arrived, plus a still of the last row;
+  which both perception results arrived, plus stills of the first and the last row;
 * a report (JSON and Markdown): frames seen, control rate (goals per second and the spread of
   the intervals), end-to-end latency (camera capture stamp -> goal received, per goal), the
   safety events the controller reported, and whether frame ids flowed in order end to end.
@@ -90,6 +90,7 @@ class Monitor:
     _last_goal: np.ndarray | None = None
     _writer: Any = None
     _max_goal_frame: int = -1
+    _first_row: np.ndarray | None = None
     _last_row: np.ndarray | None = None
     rows_written: int = 0
 
@@ -161,6 +162,8 @@ class Monitor:
             if not self._writer.isOpened():
                 raise RuntimeError(f"monitor: cannot open a video writer at {self.out_dir / 'wrist_view.mp4'}")
         self._writer.write(row)
+        if self._first_row is None:
+            self._first_row = row
         self._last_row = row
         self.rows_written += 1
 
@@ -195,6 +198,8 @@ class Monitor:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+        if self._first_row is not None:  # the start of the run (the arm at its reset pose, cube in view)
+            cv2.imwrite(str(self.out_dir / "wrist_view_first.png"), self._first_row)
         if self._last_row is not None:
             cv2.imwrite(str(self.out_dir / "wrist_view_still.png"), self._last_row)
         rep = self.report()

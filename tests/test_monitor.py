@@ -40,6 +40,8 @@ def test_video_report_and_latency(tmp_path):
     assert n == 5
     still = cv2.imread(str(tmp_path / "wrist_view_still.png"))
     assert still.shape == (240, 960, 3)
+    first = cv2.imread(str(tmp_path / "wrist_view_first.png"))
+    assert first.shape == (240, 960, 3) and not np.array_equal(first, still)  # frame 0 vs frame 5
     assert json.loads((tmp_path / "report.json").read_text())["video_rows"] == 5
     assert "latency" in (tmp_path / "report.md").read_text()
 
