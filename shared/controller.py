@@ -186,6 +186,7 @@ class ControlLoop:
     present_s: float | None = field(default=None, init=False)
     _active: str | None = field(default=None, init=False)
     _needs_reset: bool = field(default=True, init=False)
+    _restarted: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -213,6 +214,13 @@ class ControlLoop:
         self.on_joint_state(joint_state, now_s)
         self.safety.reset(self.present_rad, now_s)
         self._needs_reset = True
+        self._restarted = True  # the next goal says so: its step counts from the new pose
+
+    def _output(self, goal: np.ndarray, events: list[str], mode: str, source: str) -> Output:
+        if self._restarted:
+            events = ["episode_restart", *events]
+            self._restarted = False
+        return Output(goal, events, mode, source)
 
     def on_estop(self, value: int) -> None:
         """E-stop message value: 0 released; 1 (hold) or 2 (servo releases torque) both hold the goal."""
@@ -245,7 +253,7 @@ class ControlLoop:
             self._active = action_space
         goal = ctrl.step(action, self.present_rad)
         safe, events = self.safety.filter(goal, now_s)
-        return Output(safe, events, action_space, "action")
+        return self._output(safe, events, action_space, "action")
 
     def on_tick(self, now_s: float) -> Output | None:
         """Watchdog tick: a hold goal when actions stopped, else None."""
@@ -254,7 +262,7 @@ class ControlLoop:
         goal, events = self.safety.on_tick(self.present_rad, now_s)
         if goal is None:
             return None
-        return Output(goal, events, self._active or self.mode, "watchdog")
+        return self._output(goal, events, self._active or self.mode, "watchdog")
 
     def _controller(self, space: str):
         ctrl = self.cartesian if space == "cartesian" else self.joint_delta

@@ -124,9 +124,9 @@ class Monitor:
 
     def on_joint_state(self, msg: Message) -> None:
         self.counts["joint_state"] += 1
-        ep = msg.meta.get("episode_result")
-        if ep:
-            self.episodes[str(ep)] += 1
+        finished = msg.meta.get("previous_episode_success")  # the simulator's first state after a reset
+        if finished is not None:
+            self.episodes["success" if int(finished) else "failure"] += 1
 
     def on_goal(self, msg: Message, now_ns: int | None = None) -> None:
         now_ns = time.time_ns() if now_ns is None else now_ns
@@ -141,7 +141,8 @@ class Monitor:
         goal = np.asarray(msg.data, np.float64)
         if self.limits is not None and not self.limits.contains(goal, tol_rad=1e-9):
             self.goals_outside_limits += 1
-        if self._last_goal is not None:
+        restarted = "episode_restart" in str(msg.meta.get("events", ""))  # the simulator teleported the arm
+        if self._last_goal is not None and not restarted:
             step = np.abs(goal - self._last_goal)
             self.max_goal_step_rad = step if self.max_goal_step_rad is None else np.maximum(self.max_goal_step_rad, step)
         self._last_goal = goal
@@ -174,6 +175,7 @@ class Monitor:
         ids = self.goal_frame_ids
         new = self.new_frame_goal_s
         new_span_s = new[-1] - new[0] if len(new) > 1 else 0.0
+        new_intervals_ms = list(np.diff(new) * 1e3) if len(new) > 1 else []
         return {
             "wall_s": round(time.time() - self.started_s, 2),
             "messages": dict(self.counts),
@@ -184,6 +186,7 @@ class Monitor:
             # the rate at which new camera frames turn into goals (a held/repeated goal does not count)
             "new_frame_goal_rate_hz": (len(new) - 1) / new_span_s if new_span_s > 0 else 0.0,
             "new_frame_latency_ms": _percentiles(self.new_frame_latencies_ms),
+            "new_frame_goal_interval_ms": _percentiles(new_intervals_ms),
             "safety_events": dict(self.safety_events),
             "goals_outside_limits": self.goals_outside_limits if self.limits is not None else None,
             "max_goal_step_rad": None if self.max_goal_step_rad is None else

@@ -171,6 +171,8 @@ def test_new_episode_restarts_target_and_safety_from_the_reset_pose(kin):
     q_reset = np.array([0.1, -0.2, 0.4, math.pi / 2, math.pi / 2, 1.07])  # the simulator teleported the arm
     loop.restart(np.stack([q_reset, np.zeros(6)]), 0.3)
     out = loop.on_action(np.zeros(4), "cartesian", 0.32)
+    assert out.events[0] == "episode_restart"
+    assert "episode_restart" not in loop.on_action(np.zeros(4), "cartesian", 0.34).events  # once only
     np.testing.assert_allclose(loop.cartesian.target_m, kin.site_pose(q_reset)[0])
     # the step bound now counts from the reset pose, not from the last goal of the old episode
     step = np.abs(out.goal_rad[:5] - q_reset[:5])

@@ -4,6 +4,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from so101_deploy.messages import decode, encode
 from so101_deploy.monitor import Monitor, colour_mask
@@ -33,6 +34,7 @@ def test_video_report_and_latency(tmp_path):
     assert rep["safety_events"] == {"clamped_step": 6}
     assert rep["goal_frame_ids_nondecreasing"] and rep["distinct_goal_frame_ids"] == 6
     assert abs(rep["new_frame_goal_rate_hz"] - 20.0) < 1e-6 and rep["new_frame_latency_ms"]["n"] == 6
+    assert rep["new_frame_goal_interval_ms"]["max"] == pytest.approx(50.0)
     cap = cv2.VideoCapture(str(tmp_path / "wrist_view.mp4"))
     n = 0
     while cap.read()[0]:
@@ -46,6 +48,14 @@ def test_video_report_and_latency(tmp_path):
     assert "latency" in (tmp_path / "report.md").read_text()
 
 
+def test_finished_simulator_episodes_are_counted(tmp_path):
+    mon = Monitor(tmp_path)
+    for i, prev in enumerate((None, 1, None, 0, 1)):
+        meta = {} if prev is None else {"previous_episode_success": prev}
+        mon.on_joint_state(_msg("joint_state", np.zeros((2, 6)), frame_id=i, stamp_ns=i, **meta))
+    assert mon.report()["episodes"] == {"success": 2, "failure": 1}
+
+
 def test_goals_are_checked_against_the_limits(tmp_path):
     from so101_deploy.safety import JointLimits
 
@@ -55,6 +65,9 @@ def test_goals_are_checked_against_the_limits(tmp_path):
     rep = mon.report()
     assert rep["goals_outside_limits"] == 1
     assert rep["max_goal_step_rad"] == [1.3, 0.0, 0.0, 0.0, 0.0, 0.1]
+    # a goal after a simulator reset is not a step from the previous episode's last goal
+    mon.on_goal(_msg("joint_goal", np.full(6, -0.9), frame_id=3, stamp_ns=10, events="episode_restart"), now_ns=20)
+    assert mon.report()["max_goal_step_rad"] == [1.3, 0.0, 0.0, 0.0, 0.0, 0.1]
 
 
 def test_out_of_order_goals_are_flagged(tmp_path):
