@@ -144,3 +144,14 @@ def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Handle
         if on_stop is not None:
             on_stop()
     return stats
+
+
+def serve_frames(node_name: str, output_id: str, handle: Callable[[Message], tuple], node: Any = None) -> int:
+    """Run a node that answers every camera frame (input ``image``) with one message on ``output_id``;
+    ``handle`` returns what ``encode`` returns.  The perception nodes are this loop around a model."""
+    if node is None:
+        from dora import Node
+
+        node = Node()
+    run(node_name, {"image": "image"}, {"image": lambda msg: node.send_output(output_id, *handle(msg))}, node=node)
+    return 0

@@ -13,7 +13,7 @@ restart_policy: never for this node).
 import sys
 
 from so101_deploy.depth import DepthNode, depth_model_from_settings
-from so101_deploy.node import SettingError, Settings, log, run
+from so101_deploy.node import SettingError, Settings, log, serve_frames
 
 NODE = "depth"
 
@@ -40,17 +40,7 @@ def main() -> int:
         return 2
     log(NODE, "info", f"loaded {model.source}: input size {model.input_size}, backend {model.backend} on "
                       f"{model.device}{' fp16' if model.fp16 else ''}")
-    logic = DepthNode(model)
-
-    from dora import Node
-
-    node = Node()
-
-    def on_image(msg) -> None:
-        node.send_output("disparity", *logic.handle(msg))
-
-    run(NODE, inputs={"image": "image"}, on_input={"image": on_image}, node=node)
-    return 0
+    return serve_frames(NODE, "disparity", DepthNode(model).handle)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ one error naming the setting and the file (use restart_policy: never for this no
 
 import sys
 
-from so101_deploy.node import SettingError, Settings, log, run
+from so101_deploy.node import SettingError, Settings, log, serve_frames
 from so101_deploy.seg import SegNode, seg_model_from_settings
 
 NODE = "seg"
@@ -24,17 +24,7 @@ def main() -> int:
         return 2
     log(NODE, "info", f"loaded {model.source}: {model.num_classes} classes, trained at {model.train_hw}, "
                       f"backend {model.backend} on {model.device}")
-    logic = SegNode(model)
-
-    from dora import Node
-
-    node = Node()
-
-    def on_image(msg) -> None:
-        node.send_output("mask", *logic.handle(msg))
-
-    run(NODE, inputs={"image": "image"}, on_input={"image": on_image}, node=node)
-    return 0
+    return serve_frames(NODE, "mask", SegNode(model).handle)
 
 
 if __name__ == "__main__":
