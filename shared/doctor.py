@@ -80,12 +80,24 @@ def _mujoco_render() -> str:
     return f"offscreen render {img.shape} through {gl_context.GLContext.__module__}"
 
 
-def _camera(src: str) -> str:
-    from .camera import FrameSource  # noqa: PLC0415
+def _camera(src: str, timeout_s: float = 5.0) -> str:
+    import time  # noqa: PLC0415
 
-    with FrameSource.from_setting(src) as cam:
-        frame = cam.read()
-    return f"{src}: got a {frame.shape[1]}x{frame.shape[0]} frame"
+    from .camera import Camera  # noqa: PLC0415
+
+    cam = Camera(src, loop=False, max_frames=1, log=lambda level, msg: None)
+    cam.open()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            frame = cam.poll()
+            if frame is not None:
+                h, w = frame.image_bgr.shape[:2]
+                return f"{cam.source.describe()}: got a {w}x{h} frame"
+            time.sleep(0.01)
+    finally:
+        cam.close()
+    raise TimeoutError(f"{src}: no frame within {timeout_s:g} s (so101-deploy camera-check {src} tells more)")
 
 
 def _calibration(path: str) -> str:
@@ -132,7 +144,7 @@ def _policy(path: str) -> str:
     from .policy import PolicyRunner  # noqa: PLC0415
 
     p = PolicyRunner.load(path)
-    return f"{path}: action space {p.action_space} ({p.action_dim}-D)"
+    return f"{path}: action space {p.action_space} ({p.spec.action_dim}-D), {p.loaded.format} format"
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:

@@ -46,3 +46,17 @@ def test_doctor_checks_this_machine_and_fails_on_a_bad_calibration(tmp_path):
     assert res.returncode == 1
     assert "FAIL  calibration" in res.stdout and "FAIL  servo bus" in res.stdout
     assert "ttyACM9 does not exist" in res.stdout
+
+
+def test_doctor_opens_a_camera_and_loads_every_checkpoint(tmp_path, generated_video):
+    from so101_deploy.fixtures import write_fixtures
+
+    fx = write_fixtures(tmp_path / "fx")
+    res = cli("doctor", "--camera", str(generated_video), "--seg", str(fx["seg_checkpoint"]),
+              "--depth", str(fx["depth_hf_dir"]), "--policy", str(fx["policy_snapshot"]), timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "got a 640x480 frame" in res.stdout
+    assert "6 classes, trained at 480x640" in res.stdout
+    assert "action space cartesian (4-D), snapshot format" in res.stdout
+    res = cli("doctor", "--policy", str(tmp_path / "missing.pt"), timeout=300)
+    assert res.returncode == 1 and "FAIL  policy snapshot" in res.stdout
