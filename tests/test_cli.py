@@ -60,3 +60,30 @@ def test_doctor_opens_a_camera_and_loads_every_checkpoint(tmp_path, generated_vi
     assert "action space cartesian (4-D), snapshot format" in res.stdout
     res = cli("doctor", "--policy", str(tmp_path / "missing.pt"), timeout=300)
     assert res.returncode == 1 and "FAIL  policy snapshot" in res.stdout
+
+
+@pytest.mark.integration
+def test_doctor_pings_the_servos_without_touching_torque(tmp_path):
+    import json
+    import os
+    import signal
+    import time
+
+    from so101_deploy.calibration import EXAMPLE_PATH
+
+    link, log = tmp_path / "ttySO101", tmp_path / "writes.jsonl"
+    bus = subprocess.Popen([shutil.which("so101-deploy"), "emulate-bus", "--link", str(link), "--log", str(log),
+                            "--calibration", str(EXAMPLE_PATH)], start_new_session=True)
+    try:
+        for _ in range(200):
+            if link.exists():
+                break
+            time.sleep(0.05)
+        res = cli("doctor", "--port", str(link), "--calibration", str(EXAMPLE_PATH), timeout=180)
+    finally:
+        os.killpg(bus.pid, signal.SIGTERM)
+        bus.wait(timeout=10)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "6 servos answered; present pose (rad)" in res.stdout
+    writes = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    assert not [w for w in writes if w["name"] in ("Torque_Enable", "Goal_Position")], writes
