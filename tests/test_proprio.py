@@ -8,15 +8,19 @@ import mujoco
 import numpy as np
 import pytest
 
-from so101_deploy.kinematics import so101_mjcf_path
+from so101_deploy.kinematics import Kinematics, so101_mjcf_path
 from so101_deploy.proprio import ProprioError, Proprioception, proprio_vector
 
 JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 
 
+TRAINING_GRIPPERFRAME_IN_GRIPPER_BODY = (0.0, 0.0, -0.0981274)  # pick-101, centred between the fingers
+
+
 @pytest.fixture(scope="module")
 def reference_model():
     model = mujoco.MjModel.from_xml_path(str(so101_mjcf_path()))
+    model.site_pos[model.site("gripperframe").id] = TRAINING_GRIPPERFRAME_IN_GRIPPER_BODY
     return model, mujoco.MjData(model)
 
 
@@ -100,3 +104,16 @@ def test_bad_joint_vectors_are_refused(proprio):
         proprio.update(np.array([0, 0, np.nan, 0, 0, 0]), 1)
     with pytest.raises(ValueError, match="velocity source"):
         Proprioception(proprio.kinematics, velocity_source="guess")
+
+
+def test_gripperframe_is_trainings_and_lerobots_is_an_option(reference_model):
+    q = np.array([0.2, -0.4, 0.7, 1.2, 1.5, 0.3])
+    training = Kinematics().site_pose(q)[0]
+    np.testing.assert_allclose(training, ref_site(reference_model, q)[0], atol=1e-9)
+    lerobot = Kinematics(gripperframe="lerobot").site_pose(q)[0]
+    raw = mujoco.MjModel.from_xml_path(str(so101_mjcf_path()))  # the file as shipped
+    np.testing.assert_allclose(raw.site_pos[raw.site("gripperframe").id], (-0.0079, -0.000218121, -0.0981274),
+                               atol=1e-7)
+    assert np.linalg.norm(training - lerobot) == pytest.approx(0.0079, abs=2e-4)  # the site moved 7.9 mm
+    with pytest.raises(ValueError, match="SO101_GRIPPERFRAME"):
+        Kinematics(gripperframe="nope")
