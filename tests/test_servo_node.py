@@ -21,7 +21,8 @@ import yaml
 
 from so101_deploy.calibration import RAD_PER_STEP, Calibration
 from so101_deploy.emulator import EmulatedBus
-from so101_deploy.servo_node import ServoNode, ServoSettings, model_limits
+from so101_deploy.safety import JointLimits
+from so101_deploy.servo_node import ServoNode, ServoSettings
 
 REPO = Path(__file__).resolve().parent.parent
 CAL_PATH = REPO / "shared" / "data" / "calibration_so101_example.json"
@@ -48,7 +49,7 @@ def wait_for(predicate, timeout_s: float, what: str):
 
 def assert_goals_safe(rows: list[dict], skip_ids=()) -> int:
     """Every Goal_Position written is inside the limits and within one step of the goal before it."""
-    limits = model_limits().intersect(type(model_limits())(*CAL.limits_rad()))
+    limits = JointLimits.from_model().intersect(JointLimits(*CAL.limits_rad()))
     bound_steps = MAX_STEP_RAD / RAD_PER_STEP + 1.0  # +1: both ends are rounded to whole steps
     count = 0
     for k, servo_id in enumerate(IDS):
@@ -386,9 +387,13 @@ def test_estop_hold_release_and_slow_restart(tmp_path):
 
 
 def test_model_limits_are_the_so101_mjcf_ranges():
-    limits = model_limits()  # read with MjSpec (no mesh loading), must equal the documented ranges
+    from so101_deploy.kinematics import Kinematics
+
+    limits = JointLimits.from_model()  # read with MjSpec (no mesh loading), must equal the documented ranges
     assert np.allclose(limits.lower_rad, [-1.91986, -1.74533, -1.69, -1.65806, -2.74385, -0.17453], atol=1e-5)
     assert np.allclose(limits.upper_rad, [1.91986, 1.74533, 1.69, 1.65806, 2.84121, 1.74533], atol=1e-5)
+    kin = Kinematics()  # and equal what the compiled model says
+    assert np.array_equal(limits.lower_rad, kin.lower_rad) and np.array_equal(limits.upper_rad, kin.upper_rad)
 
 
 def test_settings_are_read_and_checked():
