@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import so101_deploy  # noqa: F401  (first: loads Triton before any mujoco/OSMesa import, see shared/gl.py)
+import so101_deploy  # noqa: F401  (first: loads Triton before any mujoco/OSMesa import, see shared/so101_deploy/core/gl.py)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS_DIR = REPO_ROOT / "tests" / "data" / "recordings"
@@ -28,7 +28,7 @@ def venv_bin() -> Path:
 @pytest.fixture(scope="session")
 def generated_video(tmp_path_factory) -> Path:
     """The project's generated scene as a 30-frame 640x480 mp4 (read-only: copy it to modify it)."""
-    from so101_deploy.synthetic import write_video
+    from so101_deploy.sim.synthetic import write_video
 
     return write_video(tmp_path_factory.mktemp("video") / "scene.mp4", frames=30, seed=0)
 
@@ -36,7 +36,7 @@ def generated_video(tmp_path_factory) -> Path:
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """A fresh folder of 8 generated 640x480 PNG frames (frame_00000.png ...), safe to modify."""
-    from so101_deploy.synthetic import write_image_folder
+    from so101_deploy.sim.synthetic import write_image_folder
 
     folder = tmp_path / "frames"
     write_image_folder(folder, frames=8, seed=0)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from so101_deploy.calibration import GRIPPER_CLOSED_RAD, Calibration, CalibrationError
-from so101_deploy.messages import JOINT_NAMES
+from so101_deploy.arm.calibration import GRIPPER_CLOSED_RAD, Calibration, CalibrationError
+from so101_deploy.core.messages import JOINT_NAMES
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
-from so101_deploy import camera as camera_mod
-from so101_deploy.camera import EXPECTED_SOURCE, Camera, CameraError, parse_source
-from so101_deploy.messages import decode, encode
-from so101_deploy.node import SettingError, Settings
-from so101_deploy.synthetic import read_frame_index, render_frame, write_video
+from so101_deploy.perception import camera as camera_mod
+from so101_deploy.perception.camera import EXPECTED_SOURCE, Camera, CameraError, parse_source
+from so101_deploy.core.messages import decode, encode
+from so101_deploy.core.node import SettingError, Settings
+from so101_deploy.sim.synthetic import read_frame_index, render_frame, write_video
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -311,7 +311,7 @@ def test_settings(image_folder):
 
 
 def test_camera_check_command(image_folder, tmp_path, capsys):
-    from so101_deploy.cli import main
+    from so101_deploy.tools.cli import main
 
     saved = tmp_path / "first.png"
     assert main(["camera-check", str(image_folder), "--frames", "5", "--fps", "200", "--save", str(saved)]) == 0
@@ -336,7 +336,7 @@ def test_camera_node_exits_with_a_clear_message_for_a_missing_file(tmp_path):
 # --- the generated scene the camera tests replay ----------------------------------------------------
 
 def test_generated_scene_is_deterministic_and_labelled():
-    from so101_deploy.synthetic import render_scene
+    from so101_deploy.sim.synthetic import render_scene
 
     a, mask = render_scene(12, seed=3)
     np.testing.assert_array_equal(a, render_scene(12, seed=3)[0])
@@ -359,7 +359,7 @@ def test_frame_index_code_round_trip():
 
 
 def test_make_video_command(tmp_path, capsys):
-    from so101_deploy.cli import main
+    from so101_deploy.tools.cli import main
 
     assert main(["make-video", "--out", str(tmp_path / "v.avi"), "--frames", "4", "--seed", "2"]) == 0
     cap = cv2.VideoCapture(str(tmp_path / "v.avi"))

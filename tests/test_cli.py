@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from so101_deploy import __version__
-from so101_deploy.cli import COMMANDS
+from so101_deploy.tools.cli import COMMANDS
 
 
 def cli(*args, timeout=120):
@@ -49,7 +49,7 @@ def test_doctor_checks_this_machine_and_fails_on_a_bad_calibration(tmp_path):
 
 
 def test_doctor_opens_a_camera_and_loads_every_checkpoint(tmp_path, generated_video):
-    from so101_deploy.fixtures import write_fixtures
+    from so101_deploy.tools.fixtures import write_fixtures
 
     fx = write_fixtures(tmp_path / "fx")
     res = cli("doctor", "--camera", str(generated_video), "--seg", str(fx["seg_checkpoint"]),
@@ -69,7 +69,7 @@ def test_doctor_pings_the_servos_without_touching_torque(tmp_path):
     import signal
     import time
 
-    from so101_deploy.calibration import EXAMPLE_PATH
+    from so101_deploy.arm.calibration import EXAMPLE_PATH
 
     link, log = tmp_path / "ttySO101", tmp_path / "writes.jsonl"
     bus = subprocess.Popen([shutil.which("so101-deploy"), "emulate-bus", "--link", str(link), "--log", str(log),

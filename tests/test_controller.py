@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from so101_deploy.calibration import EXAMPLE_PATH, Calibration
-from so101_deploy.controller import (CartesianController, ControlLoop, ControllerError, JointDeltaController,
+from so101_deploy.arm.calibration import EXAMPLE_PATH, Calibration
+from so101_deploy.arm.controller import (CartesianController, ControlLoop, ControllerError, JointDeltaController,
                                      Workspace, control_loop_from_settings)
-from so101_deploy.kinematics import GRIPPER_CLOSED_RAD, GRIPPER_OPEN_RAD, Kinematics
-from so101_deploy.messages import decode, encode
-from so101_deploy.node import SettingError, Settings
-from so101_deploy.safety import JointLimits, SafetyFilter
+from so101_deploy.arm.kinematics import GRIPPER_CLOSED_RAD, GRIPPER_OPEN_RAD, Kinematics
+from so101_deploy.core.messages import decode, encode
+from so101_deploy.core.node import SettingError, Settings
+from so101_deploy.arm.safety import JointLimits, SafetyFilter
 
 Q = np.array([0.0, -0.3, 0.6, math.pi / 2, math.pi / 2, 1.07])
 
@@ -280,7 +280,7 @@ N_ACTIONS ticks (e-stop engaged for the last 3 of them), then one joint_delta ac
 mismatch), then silence (the watchdog)."""
 import numpy as np
 from dora import Node
-from so101_deploy.messages import encode, now_ns
+from so101_deploy.core.messages import encode, now_ns
 
 Q = np.array({q})
 node = Node()
@@ -310,8 +310,8 @@ for event in node:
 def test_controller_node_in_a_dataflow(repo_root, venv_bin, tmp_path, kin):
     import yaml
 
-    from so101_deploy.dataflow import run_dataflow
-    from so101_deploy.recording import read_recording
+    from so101_deploy.core.dataflow import run_dataflow
+    from so101_deploy.core.recording import read_recording
 
     n_actions = 10
     (tmp_path / "source.py").write_text(SOURCE_NODE.format(q=Q.tolist(), n_actions=n_actions))

@@ -17,7 +17,7 @@ MAX_STEP_RAD = np.array([0.1, 0.1, 0.1, 0.1, 0.1, 0.35])
 
 
 def run_demo(flow: str, seconds: int, out) -> dict:
-    res = subprocess.run([sys.executable, "-m", "so101_deploy.cli", "demo", "--flow", flow, "--seconds", str(seconds),
+    res = subprocess.run([sys.executable, "-m", "so101_deploy.tools.cli", "demo", "--flow", flow, "--seconds", str(seconds),
                           "--out", str(out)], capture_output=True, text=True, timeout=seconds + 240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "so101-deploy run report" in res.stdout
@@ -68,7 +68,7 @@ def test_demo_scripted_policy_lifts_through_controller_and_safety(tmp_path):
 
 
 def test_demo_refuses_an_unknown_flow(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "so101_deploy.cli", "demo", "--flow", "nope", "--out", str(tmp_path)],
+    res = subprocess.run([sys.executable, "-m", "so101_deploy.tools.cli", "demo", "--flow", "nope", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "invalid choice" in res.stderr
 

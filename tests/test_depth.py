@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from so101_deploy.depth import (DepthModel, DepthNode, ModelLoadError, config_from_original, depth_model_from_settings,
+from so101_deploy.perception.depth import (DepthModel, DepthNode, ModelLoadError, config_from_original, depth_model_from_settings,
                                 hf_to_original, load_depth_module, lower_bound_hw, original_to_hf, v2_small_config)
-from so101_deploy.fixtures import write_depth_fixtures, write_seg_checkpoint
-from so101_deploy.messages import decode
-from so101_deploy.node import SettingError, Settings
-from so101_deploy.onnx_backend import OnnxBackendError
-from so101_deploy.recording import read_messages
+from so101_deploy.tools.fixtures import write_depth_fixtures, write_seg_checkpoint
+from so101_deploy.core.messages import decode
+from so101_deploy.core.node import SettingError, Settings
+from so101_deploy.perception.onnx_backend import OnnxBackendError
+from so101_deploy.core.recording import read_messages
 
 SIZE = 112  # small inference size for the tiny model: 480x640 -> 112x154
 
@@ -231,9 +231,9 @@ def test_seg_and_depth_nodes_in_a_dora_dataflow(repo_root, venv_bin, generated_v
     every recorded mask/disparity is what the library computes for the recorded frame of its frame_id."""
     import yaml
 
-    from so101_deploy.dataflow import run_dataflow
-    from so101_deploy.recording import read_recording
-    from so101_deploy.seg import SegModel
+    from so101_deploy.core.dataflow import run_dataflow
+    from so101_deploy.core.recording import read_recording
+    from so101_deploy.perception.seg import SegModel
 
     seg_ckpt = write_seg_checkpoint(tmp_path / "seg" / "best.ckpt", img_hw=(64, 96), seed=2)
     rec = tmp_path / "rec"
@@ -281,13 +281,13 @@ def test_position_embeddings_are_resized_as_the_original_dinov2_code():
     """Golden values from the original Depth-Anything-V2/DINOv2 ``interpolate_pos_encoding`` (run once
     on the seed-0 tiny fixture's embeddings, 266x350 input, 19x25 grid); transformers' own resize
     differs, which on the real-size model moved the output by 1-2 %."""
-    from so101_deploy.fixtures import tiny_depth_module
+    from so101_deploy.tools.fixtures import tiny_depth_module
 
     model = tiny_depth_module(0)
     tokens = torch.zeros(1, 1 + 19 * 25, 64)
     with torch.no_grad():
         native = model.backbone.embeddings.interpolate_pos_encoding(tokens, 266, 350)
-        from so101_deploy.depth import use_original_pos_interpolation
+        from so101_deploy.perception.depth import use_original_pos_interpolation
 
         use_original_pos_interpolation(model)
         got = model.backbone.embeddings.interpolate_pos_encoding(tokens, 266, 350)

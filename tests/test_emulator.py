@@ -10,9 +10,9 @@ import pytest
 import scservo_sdk as scs
 import serial
 
-from so101_deploy import sts3215 as sts
-from so101_deploy.calibration import Calibration
-from so101_deploy.emulator import EmulatedBus
+from so101_deploy.arm import sts3215 as sts
+from so101_deploy.arm.calibration import Calibration
+from so101_deploy.arm.emulator import EmulatedBus
 
 CAL = Calibration.example()
 

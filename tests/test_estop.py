@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from so101_deploy.dataflow import REPO_ROOT, run_dataflow
-from so101_deploy.estop import CLEAR, HOLD, RELEASE, EstopFile
-from so101_deploy.recording import read_messages
+from so101_deploy.core.dataflow import REPO_ROOT, run_dataflow
+from so101_deploy.arm.estop import CLEAR, HOLD, RELEASE, EstopFile
+from so101_deploy.core.recording import read_messages
 
 
 def test_states(tmp_path):

@@ -7,14 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from so101_deploy.fixtures import write_depth_fixtures, write_seg_checkpoint
+from so101_deploy.tools.fixtures import write_depth_fixtures, write_seg_checkpoint
 
 
 def _policy_writer():
     try:
-        from so101_deploy.policy import write_fixture_snapshots
+        from so101_deploy.policy.drqv2 import write_fixture_snapshots
     except ImportError as e:
-        pytest.skip(f"so101_deploy.policy.write_fixture_snapshots is not importable yet ({e})")
+        pytest.skip(f"so101_deploy.policy.drqv2.write_fixture_snapshots is not importable yet ({e})")
     return write_fixture_snapshots
 
 
@@ -66,9 +66,9 @@ def test_depth_files_are_the_real_formats(tmp_path):
 
 def test_write_fixtures_writes_every_file_and_the_cli_runs(tmp_path, capsys):
     _policy_writer()
-    from so101_deploy.cli import main
-    from so101_deploy.fixtures import write_fixtures
-    from so101_deploy.seg import SegModel
+    from so101_deploy.tools.cli import main
+    from so101_deploy.tools.fixtures import write_fixtures
+    from so101_deploy.perception.seg import SegModel
 
     paths = write_fixtures(tmp_path / "fx", seed=0)
     assert set(paths) == {"seg_checkpoint", "depth_hf_dir", "depth_pth", "policy_snapshot", "policy_handoff"}

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from so101_deploy.frame_gate import FrameGate
-from so101_deploy.messages import decode, encode
+from so101_deploy.perception.frame_gate import FrameGate
+from so101_deploy.core.messages import decode, encode
 
 
 def frame(fid: int):

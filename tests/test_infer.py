@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from so101_deploy.cli import main as cli_main
-from so101_deploy.fixtures import write_fixtures
-from so101_deploy.policy import PolicyRunner
-from so101_deploy.synthetic import write_image_folder
+from so101_deploy.tools.cli import main as cli_main
+from so101_deploy.tools.fixtures import write_fixtures
+from so101_deploy.policy.drqv2 import PolicyRunner
+from so101_deploy.sim.synthetic import write_image_folder
 
 DEPTH_SIZE = "126"  # a small Depth Anything input keeps the test fast; the chain is the same
 

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from so101_deploy.kinematics import (GRIPPER_CLOSED_RAD, GRIPPER_OPEN_RAD, Kinematics, KinematicsError,
+from so101_deploy.arm.kinematics import (GRIPPER_CLOSED_RAD, GRIPPER_OPEN_RAD, Kinematics, KinematicsError,
                                      gripper_action_to_rad, rpy_from_rotmat, so101_mjcf_path)
-from so101_deploy.messages import JOINT_NAMES
+from so101_deploy.core.messages import JOINT_NAMES
 
 # facts section 4: jnt_range of so101_new_calib.xml (rad)
 FACT_LIMITS = {"shoulder_pan": (-1.91986, 1.91986), "shoulder_lift": (-1.74533, 1.74533),

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from so101_deploy.messages import (OBS_LOWDIM_SHAPE, OBS_RGB_SHAPE, SCHEMAS, MessageError, decode, encode,
+from so101_deploy.core.messages import (OBS_LOWDIM_SHAPE, OBS_RGB_SHAPE, SCHEMAS, MessageError, decode, encode,
                                    join_observation, split_observation)
 
 H, W = 4, 6  # images are checked against their metadata, so tiny frames exercise the same code

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from so101_deploy.messages import decode, encode
-from so101_deploy.monitor import Monitor, colour_mask
+from so101_deploy.core.messages import decode, encode
+from so101_deploy.tools.monitor import Monitor, colour_mask
 
 
 def _msg(name, data, **meta):
@@ -57,7 +57,7 @@ def test_finished_simulator_episodes_are_counted(tmp_path):
 
 
 def test_goals_are_checked_against_the_limits(tmp_path):
-    from so101_deploy.safety import JointLimits
+    from so101_deploy.arm.safety import JointLimits
 
     mon = Monitor(tmp_path, limits=JointLimits(np.full(6, -1.0), np.full(6, 1.0)))
     for fid, goal in enumerate(([0.0] * 6, [0.2, 0, 0, 0, 0, -0.1], [1.5, 0, 0, 0, 0, 0])):

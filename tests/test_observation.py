@@ -1,6 +1,6 @@
 """The observation node's logic against a plain re-implementation of the simulator wrapper's rules.
 
-The reference below is written from the rules (facts §2), not from shared/observation.py:
+The reference below is written from the rules (facts §2), not from shared/so101_deploy/policy/observation.py:
 disparity min-max over the full frame (ones if range <= 1e-6) -> *255 truncated to uint8 ->
 columns 80:560 -> 84x84 INTER_AREA; real mask -> clip(id-1, 0, 4) -> same crop -> INTER_NEAREST;
 3 frames oldest first, filled with the first frame.
@@ -14,14 +14,14 @@ import cv2
 import numpy as np
 import pytest
 
-from so101_deploy.messages import decode, encode, split_observation
-from so101_deploy.observation import (ObservationBuilder, ObservationError, ObservationNode, ObservationOptions,
+from so101_deploy.core.messages import decode, encode, split_observation
+from so101_deploy.policy.observation import (ObservationBuilder, ObservationError, ObservationNode, ObservationOptions,
                                       build_frame, crop_resize, disparity_to_u8, mask_to_sim,
                                       observation_node_from_settings)
-from so101_deploy.node import Settings, SettingError
-from so101_deploy.proprio import Proprioception
-from so101_deploy.recording import read_recording
-from so101_deploy.synthetic import render_scene
+from so101_deploy.core.node import Settings, SettingError
+from so101_deploy.policy.proprio import Proprioception
+from so101_deploy.core.recording import read_recording
+from so101_deploy.sim.synthetic import render_scene
 
 RECORDING = Path(__file__).parent / "data" / "recordings" / "obs_sim_oracle"
 

@@ -1,14 +1,14 @@
-"""Oracle segmentation and depth (shared/oracle.py) and the sim arm node's messages (SimRunner)."""
+"""Oracle segmentation and depth (shared/so101_deploy/sim/oracle.py) and the sim arm node's messages (SimRunner)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from so101_deploy import sim_scene
-from so101_deploy.messages import decode
-from so101_deploy.oracle import OracleError, OracleSeg, class_of_geom, disparity_from_depth
-from so101_deploy.sim_arm import SimArm, SimRunner
+from so101_deploy.sim import scene as sim_scene
+from so101_deploy.core.messages import decode
+from so101_deploy.sim.oracle import OracleError, OracleSeg, class_of_geom, disparity_from_depth
+from so101_deploy.sim.sim_arm import SimArm, SimRunner
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +123,8 @@ def test_lockstep_publish_sends_a_frame_without_stepping(sim):
 
 
 def test_sim_node_settings_are_checked():
-    from so101_deploy.node import SettingError, Settings
-    from so101_deploy.sim_arm import runner_from_settings
+    from so101_deploy.core.node import SettingError, Settings
+    from so101_deploy.sim.sim_arm import runner_from_settings
 
     bad = [({"SO101_SIM_RENDER_EVERY": "0"}, "SO101_SIM_RENDER_EVERY"),
            ({"SO101_SIM_STEP_ON": "sometimes"}, "SO101_SIM_STEP_ON"),

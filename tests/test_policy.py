@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from so101_deploy.messages import decode, encode, join_observation
-from so101_deploy.node import SettingError, Settings
-from so101_deploy.policy import (CheckpointError, DrQV2Actor, DrQV2Spec, PolicyNode, PolicyRunner,
+from so101_deploy.core.messages import decode, encode, join_observation
+from so101_deploy.core.node import SettingError, Settings
+from so101_deploy.policy.drqv2 import (CheckpointError, DrQV2Actor, DrQV2Spec, PolicyNode, PolicyRunner,
                                  fixture_agent_state_dict, load_policy, policy_runner_from_settings,
                                  write_fixture_snapshots)
 
@@ -253,9 +253,9 @@ def test_observation_and_policy_nodes_in_dora(fixtures, tmp_path):
 
     import yaml
 
-    from so101_deploy.dataflow import run_dataflow
-    from so101_deploy.observation import ObservationBuilder, ObservationOptions
-    from so101_deploy.recording import read_recording
+    from so101_deploy.core.dataflow import run_dataflow
+    from so101_deploy.policy.observation import ObservationBuilder, ObservationOptions
+    from so101_deploy.core.recording import read_recording
 
     repo = Path(__file__).resolve().parent.parent
     source = repo / "tests" / "data" / "recordings" / "obs_sim_oracle"

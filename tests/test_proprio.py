@@ -8,8 +8,8 @@ import mujoco
 import numpy as np
 import pytest
 
-from so101_deploy.kinematics import Kinematics, so101_mjcf_path
-from so101_deploy.proprio import ProprioError, Proprioception, proprio_vector
+from so101_deploy.arm.kinematics import Kinematics, so101_mjcf_path
+from so101_deploy.policy.proprio import ProprioError, Proprioception, proprio_vector
 
 JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 

@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from so101_deploy.messages import SCHEMAS, MessageError, encode
-from so101_deploy.node import SettingError
-from so101_deploy.recording import Recorder, TopicWriter, read_messages, read_recording
-from so101_deploy.replay_demo import summarize
-from so101_deploy.synthetic import read_frame_index, render_frame
+from so101_deploy.core.messages import SCHEMAS, MessageError, encode
+from so101_deploy.core.node import SettingError
+from so101_deploy.core.recording import Recorder, TopicWriter, read_messages, read_recording
+from so101_deploy.tools.replay import summarize
+from so101_deploy.sim.synthetic import read_frame_index, render_frame
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

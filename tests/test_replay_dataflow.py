@@ -1,7 +1,7 @@
 """The replay dataflow for real: `dora run dataflow.replay.yml --stop-after`, camera node replaying
 the generated video into the recorder node, then assertions on what was recorded.
 
-`so101_deploy.dataflow.run_dataflow` starts dora in its own process group and kills that group by
+`so101_deploy.core.dataflow.run_dataflow` starts dora in its own process group and kills that group by
 its id when the run ends, also when a test fails."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from so101_deploy.dataflow import run_dataflow
-from so101_deploy.recording import read_recording
-from so101_deploy.synthetic import read_frame_index, write_image_folder
+from so101_deploy.core.dataflow import run_dataflow
+from so101_deploy.core.recording import read_recording
+from so101_deploy.sim.synthetic import read_frame_index, write_image_folder
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,7 @@ def test_missing_video_is_a_clear_error_and_no_crash_loop(repo_root, venv_bin, t
 
 
 def test_replay_demo_command(tmp_path, capsys, venv_bin, monkeypatch):
-    from so101_deploy.cli import main
+    from so101_deploy.tools.cli import main
 
     monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
     assert main(["replay-demo", "--out", str(tmp_path / "demo"), "--seconds", "4", "--frames", "20"]) == 0

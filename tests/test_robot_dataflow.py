@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from so101_deploy.bench import bench_graph
-from so101_deploy.calibration import EXAMPLE_PATH, Calibration
-from so101_deploy.fixtures import write_fixtures
+from so101_deploy.tools.bench import bench_graph
+from so101_deploy.arm.calibration import EXAMPLE_PATH, Calibration
+from so101_deploy.tools.fixtures import write_fixtures
 
 SERVO_MAX_STEP_RAD = 0.05  # dataflow.yml's SO101_MAX_STEP_RAD for the servo node
 

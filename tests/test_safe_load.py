@@ -11,9 +11,9 @@ import pytest
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from so101_deploy.node import Settings, SettingError
-from so101_deploy.policy import policy_runner_from_settings, training_config, write_fixture_snapshots
-from so101_deploy.safe_load import CheckpointError, UnsafeCheckpointError, load_checkpoint
+from so101_deploy.core.node import Settings, SettingError
+from so101_deploy.policy.drqv2 import policy_runner_from_settings, training_config, write_fixture_snapshots
+from so101_deploy.policy.safe_load import CheckpointError, UnsafeCheckpointError, load_checkpoint
 
 
 class _SystemPayload:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from so101_deploy.calibration import Calibration
-from so101_deploy.safety import EVENTS, JointLimits, SafetyError, SafetyFilter
+from so101_deploy.arm.calibration import Calibration
+from so101_deploy.arm.safety import EVENTS, JointLimits, SafetyError, SafetyFilter
 
 LIMITS = JointLimits(np.array([-1.9, -1.7, -1.6, -1.6, -2.7, -0.17]), np.array([1.9, 1.7, 1.6, 1.6, 2.8, 1.7]))
 STEP = 0.1
@@ -171,7 +171,7 @@ def test_estop_holds_until_released():
 
 
 def test_events_are_documented():
-    import so101_deploy.safety as safety
+    import so101_deploy.arm.safety as safety
 
     for ev in EVENTS:
         assert f"``{ev}``" in safety.__doc__, ev

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from so101_deploy.controller import CartesianController, ControlLoop, ControllerError, JointDeltaController
-from so101_deploy.kinematics import Kinematics
-from so101_deploy.safety import JointLimits, SafetyFilter
+from so101_deploy.arm.controller import CartesianController, ControlLoop, ControllerError, JointDeltaController
+from so101_deploy.arm.kinematics import Kinematics
+from so101_deploy.arm.safety import JointLimits, SafetyFilter
 
 # 60 examples keep the suite fast; SO101_HYPOTHESIS_EXAMPLES=2000 for a deeper run by hand
 SETTINGS = settings(max_examples=int(os.environ.get("SO101_HYPOTHESIS_EXAMPLES", "60")), deadline=None,
@@ -139,7 +139,7 @@ def test_every_goal_is_finite_inside_limits_and_step_bounded(events, max_step, w
             loop.on_estop(ev[1])
             estop = ev[1] != 0
     counted = sum(loop.safety.events_total.values())
-    assert counted >= 0 and set(loop.safety.events_total) <= set(__import__("so101_deploy.safety").safety.EVENTS)
+    assert counted >= 0 and set(loop.safety.events_total) <= set(__import__("so101_deploy.arm.safety").safety.EVENTS)
 
 
 @SETTINGS

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from so101_deploy.kinematics import Kinematics
-from so101_deploy.messages import MessageError, decode, encode
-from so101_deploy.scripted_policy import ScriptedPolicyRunner, run_scripted_episodes
-from so101_deploy.sim_arm import LIFT_HEIGHT_M, SimArm, SimRunner
+from so101_deploy.arm.kinematics import Kinematics
+from so101_deploy.core.messages import MessageError, decode, encode
+from so101_deploy.sim.scripted_policy import ScriptedPolicyRunner, run_scripted_episodes
+from so101_deploy.sim.sim_arm import LIFT_HEIGHT_M, SimArm, SimRunner
 
 
 def test_scripted_policy_lifts_the_cube_through_controller_and_safety():
@@ -53,9 +53,9 @@ def test_servo_bus_drives_the_sim(tmp_path):
     """The software bus in its own process (pty), as the sim arm node runs it: scservo_sdk writes
     torque + goal, the sim moves, and the bus reports the simulated joints as Present_Position."""
     scs = pytest.importorskip("scservo_sdk")
-    from so101_deploy.calibration import Calibration
-    from so101_deploy.sim_arm import BusProcess, SimBusBridge
-    from so101_deploy.sts3215 import REGISTERS
+    from so101_deploy.arm.calibration import Calibration
+    from so101_deploy.sim.sim_arm import BusProcess, SimBusBridge
+    from so101_deploy.arm.sts3215 import REGISTERS
 
     cal = Calibration.example()
     sim = SimArm()
@@ -106,7 +106,7 @@ def test_sim_scripted_dataflow_lifts_in_dora(repo_root, tmp_path):
     """dataflow.sim-scripted.yml under `dora run`: the sim arm reports finished episodes at stop."""
     import re
 
-    from so101_deploy.dataflow import prepare, run_dataflow
+    from so101_deploy.core.dataflow import prepare, run_dataflow
 
     flow = prepare(repo_root / "dataflow.sim-scripted.yml", tmp_path / "flow.yml")
     res = run_dataflow(flow, stop_after_s=12, log_path=tmp_path / "dora.log")
@@ -123,8 +123,8 @@ def test_sim_bus_dataflow_real_servo_node_lifts(repo_root, tmp_path):
     arm through the software bus the sim arm serves, and the scripted lift succeeds."""
     import re
 
-    from so101_deploy.calibration import EXAMPLE_PATH
-    from so101_deploy.dataflow import prepare, run_dataflow
+    from so101_deploy.arm.calibration import EXAMPLE_PATH
+    from so101_deploy.core.dataflow import prepare, run_dataflow
 
     link = str(tmp_path / "bus")
     cal = str(EXAMPLE_PATH)

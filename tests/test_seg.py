@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from so101_deploy.fixtures import write_seg_checkpoint
-from so101_deploy.messages import MessageError, decode, encode
-from so101_deploy.node import SettingError, Settings, run
-from so101_deploy.onnx_backend import OnnxBackendError
-from so101_deploy.recording import read_messages
-from so101_deploy.seg import (ModelLoadError, SegModel, SegNode, build_seg_module, read_seg_checkpoint,
+from so101_deploy.tools.fixtures import write_seg_checkpoint
+from so101_deploy.core.messages import MessageError, decode, encode
+from so101_deploy.core.node import SettingError, Settings, run
+from so101_deploy.perception.onnx_backend import OnnxBackendError
+from so101_deploy.core.recording import read_messages
+from so101_deploy.perception.seg import (ModelLoadError, SegModel, SegNode, build_seg_module, read_seg_checkpoint,
                               seg_model_from_settings)
 
 SMALL_HW = (64, 96)  # a small training size keeps the real architecture and the tests fast
@@ -252,7 +252,7 @@ def test_node_exits_once_with_a_clear_error_on_a_missing_checkpoint(repo_root, t
 def test_gpu_normalisation_equals_the_cpu_one(frames):
     """On CUDA a frame at the training size is normalised by torch on the GPU; same numbers (checked
     here on the CPU with the same torch code)."""
-    from so101_deploy.seg import imagenet_normalise, rgb_tensor
+    from so101_deploy.perception.seg import imagenet_normalise, rgb_tensor
 
     model = SegModel(None, 6, frames[0].data.shape[:2])
     got = imagenet_normalise(rgb_tensor(frames[0].data, "cpu")).numpy()

@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from so101_deploy.calibration import Calibration
-from so101_deploy.emulator import EmulatedBus
-from so101_deploy.servo_bus import ServoBus, ServoBusError
+from so101_deploy.arm.calibration import Calibration
+from so101_deploy.arm.emulator import EmulatedBus
+from so101_deploy.arm.servo_bus import ServoBus, ServoBusError
 
 CAL = Calibration.example()
 

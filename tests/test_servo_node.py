@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import yaml
 
-from so101_deploy.calibration import RAD_PER_STEP, Calibration
-from so101_deploy.emulator import EmulatedBus
-from so101_deploy.safety import JointLimits
-from so101_deploy.servo_node import ServoNode, ServoSettings
+from so101_deploy.arm.calibration import RAD_PER_STEP, Calibration
+from so101_deploy.arm.emulator import EmulatedBus
+from so101_deploy.arm.safety import JointLimits
+from so101_deploy.arm.servo_node import ServoNode, ServoSettings
 
 REPO = Path(__file__).resolve().parent.parent
 CAL_PATH = REPO / "shared" / "data" / "calibration_so101_example.json"
@@ -387,7 +387,7 @@ def test_estop_hold_release_and_slow_restart(tmp_path):
 
 
 def test_model_limits_are_the_so101_mjcf_ranges():
-    from so101_deploy.kinematics import Kinematics
+    from so101_deploy.arm.kinematics import Kinematics
 
     limits = JointLimits.from_model()  # read with MjSpec (no mesh loading), must equal the documented ranges
     assert np.allclose(limits.lower_rad, [-1.91986, -1.74533, -1.69, -1.65806, -2.74385, -0.17453], atol=1e-5)
@@ -397,7 +397,7 @@ def test_model_limits_are_the_so101_mjcf_ranges():
 
 
 def test_settings_are_read_and_checked():
-    from so101_deploy.node import SettingError, Settings
+    from so101_deploy.core.node import SettingError, Settings
 
     s = ServoSettings.from_settings(Settings("servo", {"SO101_PORT": "/dev/ttyACM0", "SO101_CALIBRATION": "c.json",
                                                        "SO101_SERVO_WATCHDOG_S": "0.25", "SO101_TORQUE_ON_START": "0"}))

@@ -1,4 +1,4 @@
-"""The simulated SO-101 scene (shared/sim_scene.py) and the simulation (shared/sim_arm.py)."""
+"""The simulated SO-101 scene (shared/so101_deploy/sim/scene.py) and the simulation (shared/so101_deploy/sim/sim_arm.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import mujoco
 import numpy as np
 import pytest
 
-from so101_deploy import sim_scene
-from so101_deploy.kinematics import Kinematics, so101_mjcf_path
-from so101_deploy.messages import JOINT_NAMES
-from so101_deploy.sim_arm import (CUBE_XY_SPREAD_M, RESET_IK_OFFSET_M, SimArm, SimError)
+from so101_deploy.sim import scene as sim_scene
+from so101_deploy.arm.kinematics import Kinematics, so101_mjcf_path
+from so101_deploy.core.messages import JOINT_NAMES
+from so101_deploy.sim.sim_arm import (CUBE_XY_SPREAD_M, RESET_IK_OFFSET_M, SimArm, SimError)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import scservo_sdk as scs
 from hypothesis import given
 from hypothesis import strategies as st
 
-from so101_deploy import sts3215 as sts
+from so101_deploy.arm import sts3215 as sts
 
 
 def test_addresses_match_the_stock_table():

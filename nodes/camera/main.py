@@ -2,14 +2,14 @@
 
 Inputs: `tick` (a dora timer, e.g. dora/timer/millis/33).  Output: `image` (640x480 BGR,
 frame_id from 0, stamp_ns = capture time).  Settings: SO101_CAMERA, SO101_CAMERA_FPS,
-SO101_CAMERA_LOOP, SO101_CAMERA_RESIZE, SO101_CAMERA_MAX_FRAMES (see so101_deploy.camera).
+SO101_CAMERA_LOOP, SO101_CAMERA_RESIZE, SO101_CAMERA_MAX_FRAMES (see so101_deploy.perception.camera).
 """
 
 import sys
 
-from so101_deploy.camera import Camera, CameraError
-from so101_deploy.messages import encode
-from so101_deploy.node import SettingError, Settings, log, run
+from so101_deploy.perception.camera import Camera, CameraError
+from so101_deploy.core.messages import encode
+from so101_deploy.core.node import SettingError, Settings, log, run
 
 NODE = "camera"
 

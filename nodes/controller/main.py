@@ -4,16 +4,16 @@ Inputs: ``action`` (schema action), ``joint_state`` (schema joint_state), ``tick
 drives the watchdog), optional ``estop`` (schema estop), optional ``reset`` (schema joint_state: the
 first state of a new simulated episode; the target and the safety filter restart from it).  Output: ``goal`` (schema joint_goal) with
 metadata ``events`` (the safety events of this goal, comma separated), ``mode`` and ``source``
-("action" or "watchdog").  Settings: see ``so101_deploy.controller.control_loop_from_settings``.
+("action" or "watchdog").  Settings: see ``so101_deploy.arm.controller.control_loop_from_settings``.
 """
 
 import time
 
 from dora import Node
 
-from so101_deploy.controller import ControlLoop, ControllerError, Output, control_loop_from_settings
-from so101_deploy.messages import Message, MessageError, encode, now_ns
-from so101_deploy.node import Settings, log, run
+from so101_deploy.arm.controller import ControlLoop, ControllerError, Output, control_loop_from_settings
+from so101_deploy.core.messages import Message, MessageError, encode, now_ns
+from so101_deploy.core.node import Settings, log, run
 
 NAME = "controller"
 

@@ -12,8 +12,8 @@ restart_policy: never for this node).
 
 import sys
 
-from so101_deploy.depth import DepthNode, depth_model_from_settings
-from so101_deploy.node import SettingError, Settings, log, serve_frames
+from so101_deploy.perception.depth import DepthNode, depth_model_from_settings
+from so101_deploy.core.node import SettingError, Settings, log, serve_frames
 
 NODE = "depth"
 

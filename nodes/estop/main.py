@@ -1,11 +1,11 @@
-"""E-stop node: publishes the state of the e-stop file (see so101_deploy.estop) on every tick."""
+"""E-stop node: publishes the state of the e-stop file (see so101_deploy.arm.estop) on every tick."""
 
 import numpy as np
 from dora import Node
 
-from so101_deploy.estop import NAMES, EstopFile
-from so101_deploy.messages import encode, now_ns
-from so101_deploy.node import Settings, log, run
+from so101_deploy.arm.estop import NAMES, EstopFile
+from so101_deploy.core.messages import encode, now_ns
+from so101_deploy.core.node import Settings, log, run
 
 NAME = "estop"
 

@@ -3,16 +3,16 @@
 Inputs: ``image`` (camera frames), ``mask`` and ``disparity`` (the answers), ``tick`` (timer, for the
 timeout).  Output: ``image`` (the frame both models work on, same frame_id and stamp_ns).
 Settings: ``SO101_GATE_TIMEOUT_S`` (2.0: pass the next frame anyway when an answer does not come).
-See so101_deploy.frame_gate for why.
+See so101_deploy.perception.frame_gate for why.
 """
 
 import time
 
 from dora import Node
 
-from so101_deploy.frame_gate import FrameGate
-from so101_deploy.messages import Message, encode
-from so101_deploy.node import Settings, log, run
+from so101_deploy.perception.frame_gate import FrameGate
+from so101_deploy.core.messages import Message, encode
+from so101_deploy.core.node import Settings, log, run
 
 NAME = "frame_gate"
 

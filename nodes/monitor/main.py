@@ -2,9 +2,9 @@
 
 from dora import Node
 
-from so101_deploy.monitor import Monitor
-from so101_deploy.node import Settings, log, run
-from so101_deploy.safety import JointLimits
+from so101_deploy.tools.monitor import Monitor
+from so101_deploy.core.node import Settings, log, run
+from so101_deploy.arm.safety import JointLimits
 
 SCHEMAS = {"image": "image", "mask": "seg_mask", "disparity": "disparity", "action": "action",
            "goal": "joint_goal", "joint_state": "joint_state"}

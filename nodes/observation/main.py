@@ -1,10 +1,10 @@
 """Observation node: pairs mask + disparity of the same camera frame, adds the proprioception and
-stacks 3 frames into the training observation (see so101_deploy.observation)."""
+stacks 3 frames into the training observation (see so101_deploy.policy.observation)."""
 
 from dora import Node
 
-from so101_deploy.node import Settings, log, run
-from so101_deploy.observation import observation_node_from_settings
+from so101_deploy.core.node import Settings, log, run
+from so101_deploy.policy.observation import observation_node_from_settings
 
 NAME = "observation"
 

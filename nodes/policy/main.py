@@ -2,8 +2,8 @@
 
 from dora import Node
 
-from so101_deploy.node import Settings, log, run
-from so101_deploy.policy import PolicyNode, policy_runner_from_settings
+from so101_deploy.core.node import Settings, log, run
+from so101_deploy.policy.drqv2 import PolicyNode, policy_runner_from_settings
 
 NAME = "policy"
 

@@ -1,6 +1,6 @@
 """Recorder node: writes every input message to a recording folder that tests replay.
 
-Settings: SO101_RECORD_DIR (required; one `<input id>.arrow` per input, see so101_deploy.recording)
+Settings: SO101_RECORD_DIR (required; one `<input id>.arrow` per input, see so101_deploy.core.recording)
 and SO101_RECORD_TYPES (`input_id=schema,...`, e.g. `image=image,mask=seg_mask`; an input not
 listed is recorded with the schema of its own name).  Every message is validated with its schema
 before it is written; a rejected message is reported and not written.  Counts are printed at stop.
@@ -9,9 +9,9 @@ before it is written; a rejected message is reported and not written.  Counts ar
 import sys
 from pathlib import Path
 
-from so101_deploy.messages import SCHEMAS, Message
-from so101_deploy.node import SettingError, Settings, log, run
-from so101_deploy.recording import Recorder
+from so101_deploy.core.messages import SCHEMAS, Message
+from so101_deploy.core.node import SettingError, Settings, log, run
+from so101_deploy.core.recording import Recorder
 
 NODE = "recorder"
 

@@ -8,9 +8,9 @@ Input: ``joint_state`` (schema joint_state, from ``sim_arm/joint_state``).  Outp
 
 from dora import Node
 
-from so101_deploy.messages import Message
-from so101_deploy.node import run
-from so101_deploy.scripted_policy import ScriptedPolicyRunner
+from so101_deploy.core.messages import Message
+from so101_deploy.core.node import run
+from so101_deploy.sim.scripted_policy import ScriptedPolicyRunner
 
 NAME = "scripted_policy"
 

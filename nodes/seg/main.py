@@ -9,8 +9,8 @@ one error naming the setting and the file (use restart_policy: never for this no
 
 import sys
 
-from so101_deploy.node import SettingError, Settings, log, serve_frames
-from so101_deploy.seg import SegNode, seg_model_from_settings
+from so101_deploy.core.node import SettingError, Settings, log, serve_frames
+from so101_deploy.perception.seg import SegNode, seg_model_from_settings
 
 NODE = "seg"
 

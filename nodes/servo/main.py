@@ -18,10 +18,10 @@ import atexit
 import signal
 import sys
 
-from so101_deploy.messages import encode, now_ns
-from so101_deploy.node import SettingError, Settings, log, run
-from so101_deploy.servo_bus import ServoBusError
-from so101_deploy.servo_node import ServoNode, ServoSettings, wait_for_port
+from so101_deploy.core.messages import encode, now_ns
+from so101_deploy.core.node import SettingError, Settings, log, run
+from so101_deploy.arm.servo_bus import ServoBusError
+from so101_deploy.arm.servo_node import ServoNode, ServoSettings, wait_for_port
 
 NODE = "servo"
 

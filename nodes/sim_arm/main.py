@@ -25,9 +25,9 @@ import time
 
 from dora import Node
 
-from so101_deploy.messages import Message
-from so101_deploy.node import Settings, log, run
-from so101_deploy.sim_arm import runner_from_settings
+from so101_deploy.core.messages import Message
+from so101_deploy.core.node import Settings, log, run
+from so101_deploy.sim.sim_arm import runner_from_settings
 
 NAME = "sim_arm"
 

@@ -15,9 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from so101_deploy.dataflow import run_dataflow
-from so101_deploy.recording import read_messages
-from so101_deploy.synthetic import render_frame, write_image_folder
+from so101_deploy.core.dataflow import run_dataflow
+from so101_deploy.core.recording import read_messages
+from so101_deploy.sim.synthetic import render_frame, write_image_folder
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent

@@ -14,8 +14,8 @@ import time
 import numpy as np
 from dora import Node
 
-from so101_deploy.messages import decode, encode, now_ns
-from so101_deploy.node import Settings
+from so101_deploy.core.messages import decode, encode, now_ns
+from so101_deploy.core.node import Settings
 
 s = Settings("goal_source")
 out_path = s.str("SO101_TEST_OUT", required=True)

@@ -1,6 +1,6 @@
 """Test node: replays a recording folder's messages, one per `tick`, in time order.
 
-Settings: SO101_SOURCE_DIR (a recording folder, see so101_deploy.recording; required),
+Settings: SO101_SOURCE_DIR (a recording folder, see so101_deploy.core.recording; required),
 SO101_SOURCE_ORDER (comma-separated topics: at equal stamp_ns the earlier topic goes first).
 Each message leaves on the output named like its topic, exactly as it was recorded.
 Waits SO101_SOURCE_START_TICKS ticks first so that slow-starting receivers are up.
@@ -8,8 +8,8 @@ Waits SO101_SOURCE_START_TICKS ticks first so that slow-starting receivers are u
 
 from dora import Node
 
-from so101_deploy.node import Settings
-from so101_deploy.recording import iter_messages
+from so101_deploy.core.node import Settings
+from so101_deploy.core.recording import iter_messages
 
 s = Settings("recording_source")
 folder = s.str("SO101_SOURCE_DIR", required=True)

@@ -21,7 +21,7 @@ Convention (the one the training kinematics and the pick-101 real-robot code ass
       rad = -0.17453 + sign * (steps - range_min) * 2*pi / 4096
 
 The inverse rounds to the nearest step and clips to the calibrated range (a goal outside the range
-the servo was calibrated for is never produced).  ``shared/data/calibration_so101_example.json`` is
+the servo was calibrated for is never produced).  ``shared/so101_deploy/data/calibration_so101_example.json`` is
 an EXAMPLE for tests and the demo, not a real arm's calibration: calibrate yours with LeRobot
 (``lerobot-calibrate --robot.type=so101_follower ...``) and point ``SO101_CALIBRATION`` at the file.
 """
@@ -36,14 +36,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .messages import JOINT_NAMES, N_JOINTS
-from .sts3215 import MAX_STEP, STEPS_PER_TURN
+from so101_deploy.core.messages import JOINT_NAMES, N_JOINTS
+from so101_deploy.arm.sts3215 import MAX_STEP, STEPS_PER_TURN
 
 RAD_PER_STEP = 2.0 * math.pi / STEPS_PER_TURN
 GRIPPER_CLOSED_RAD = -0.17453  # the MJCF gripper lower limit (-10 deg)
 MOTOR_IDS = {name: i + 1 for i, name in enumerate(JOINT_NAMES)}  # SO-101: ids 1-6 in joint order
 FIELDS = ("id", "drive_mode", "homing_offset", "range_min", "range_max")
-EXAMPLE_PATH = Path(__file__).parent / "data" / "calibration_so101_example.json"
+EXAMPLE_PATH = Path(__file__).parent.parent / "data" / "calibration_so101_example.json"
 
 
 class CalibrationError(ValueError):

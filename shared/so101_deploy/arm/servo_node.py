@@ -4,7 +4,7 @@ Start (slow start, never a jump): connect + handshake (servos 1-6, model 777) ->
 configuration (torque off) -> read the present pose -> Goal_Position := present steps ->
 torque on -> the safety filter starts from the present pose.
 
-Every goal passes :class:`~so101_deploy.safety.SafetyFilter` (joint limits = the tighter of the
+Every goal passes :class:`~so101_deploy.arm.safety.SafetyFilter` (joint limits = the tighter of the
 calibrated range and the SO-101 MJCF ranges, per-write step bound, NaN/inf rejected).  The
 watchdog holds the present pose when no fresh goal came within ``watchdog_s``.  A servo that gives
 no fresh reading for longer than ``watchdog_s`` puts the arm on hold too ("fault hold") until
@@ -26,11 +26,11 @@ from typing import Callable
 
 import numpy as np
 
-from .calibration import Calibration
-from .messages import N_JOINTS
-from .node import Settings
-from .safety import JointLimits, SafetyFilter
-from .servo_bus import Reading, ServoBus, ServoBusError
+from so101_deploy.arm.calibration import Calibration
+from so101_deploy.core.messages import N_JOINTS
+from so101_deploy.core.node import Settings
+from so101_deploy.arm.safety import JointLimits, SafetyFilter
+from so101_deploy.arm.servo_bus import Reading, ServoBus, ServoBusError
 
 ESTOP_CLEAR, ESTOP_HOLD, ESTOP_RELEASE = 0, 1, 2
 

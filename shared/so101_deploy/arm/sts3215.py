@@ -1,7 +1,7 @@
 """The Feetech STS3215 as software sees it: control table, sign-magnitude fields, packets.
 
-Shared by the software bus (:mod:`so101_deploy.emulator`), the ``scservo_sdk`` client
-(:mod:`so101_deploy.servo_bus`) and the tests, so all three agree on one description of the servo.
+Shared by the software bus (:mod:`so101_deploy.arm.emulator`), the ``scservo_sdk`` client
+(:mod:`so101_deploy.arm.servo_bus`) and the tests, so all three agree on one description of the servo.
 
 Wire format (Feetech protocol "0", Dynamixel-1.0-like, little-endian words on STS):
 instruction ``FF FF ID LEN INST P1..Pn CHK`` and status ``FF FF ID LEN ERR P1..Pn CHK`` with

@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .messages import Message, MessageError, decode
+from so101_deploy.core.messages import Message, MessageError, decode
 
 
 class SettingError(ValueError):

@@ -4,7 +4,7 @@ A recording is a folder with one Arrow IPC file per topic (``<topic>.arrow``, to
 recorder's input id).  Each record batch is one message: a single column ``value`` holding the
 flat array exactly as it crossed dora, and the message metadata as JSON in the batch's custom
 metadata.  The file's schema metadata names the message schema, so reading a recording
-validates every message again with :func:`so101_deploy.messages.decode`.
+validates every message again with :func:`so101_deploy.core.messages.decode`.
 
 dora 1.1's own ``dora record`` writes ``.drec`` files that only ``dora replay`` reads back into a
 running dataflow; tests need the messages in-process, so the project keeps this pyarrow format.
@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pyarrow as pa
 
-from .messages import Message, MessageError, decode, encode
+from so101_deploy.core.messages import Message, MessageError, decode, encode
 
 SUFFIX = ".arrow"
 

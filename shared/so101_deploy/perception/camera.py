@@ -187,7 +187,7 @@ class _FolderReader:
 
 
 def _default_log(level: str, message: str) -> None:
-    from .node import log
+    from so101_deploy.core.node import log
 
     log("camera", level, message)
 
@@ -230,7 +230,7 @@ class Camera:
 
     @classmethod
     def from_settings(cls, settings, log: Log | None = None) -> "Camera":
-        """Build from a node's :class:`so101_deploy.node.Settings` (``SO101_CAMERA_*``)."""
+        """Build from a node's :class:`so101_deploy.core.node.Settings` (``SO101_CAMERA_*``)."""
         source = parse_source(settings.str("SO101_CAMERA", required=True))
         loop_default = not source.live
         return cls(source,

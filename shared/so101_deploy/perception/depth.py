@@ -28,8 +28,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .messages import Message, encode
-from .seg import (BACKENDS, DEVICES, ModelLoadError, check_bgr_frame, check_device_setting, imagenet_normalise,
+from so101_deploy.core.messages import Message, encode
+from so101_deploy.perception.seg import (BACKENDS, DEVICES, ModelLoadError, check_bgr_frame, check_device_setting, imagenet_normalise,
                   load_state_strict, rgb_tensor, torch_load_plain)
 
 PATCH = 14
@@ -375,7 +375,7 @@ class DepthModel:
                 module.half()
         model = cls(module, device, backend, input_size, fp16, onnx_cache_dir, threads, log, str(model_path))
         if backend == "onnx":
-            from .onnx_backend import _providers
+            from so101_deploy.perception.onnx_backend import _providers
 
             _providers(device)  # fail at start, not at the first frame, when the provider is missing
         return model
@@ -408,7 +408,7 @@ class DepthModel:
     def session(self, input_shape: tuple[int, ...]):
         s = self._sessions.get(input_shape)
         if s is None:
-            from .onnx_backend import session_for
+            from so101_deploy.perception.onnx_backend import session_for
 
             s = self._sessions[input_shape] = session_for(
                 _export_wrapper(self.module), input_shape, "depth_anything", "pixel_values", "predicted_depth",
@@ -466,7 +466,7 @@ class DepthNode:
 
 def depth_model_from_settings(settings, log=None) -> DepthModel:
     """Build the model from the node's settings; any failure names the setting and the file."""
-    from .node import SettingError
+    from so101_deploy.core.node import SettingError
 
     path = settings.str("SO101_DEPTH_MODEL", required=True)
     backend = settings.choice("SO101_DEPTH_BACKEND", "torch", BACKENDS)

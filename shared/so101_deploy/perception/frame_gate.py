@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .messages import Message
+from so101_deploy.core.messages import Message
 
 
 @dataclass

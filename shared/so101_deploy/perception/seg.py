@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .messages import Message, encode
+from so101_deploy.core.messages import Message, encode
 
 NUM_CLASSES = 6
 FPN_CHANNELS = 64
@@ -219,7 +219,7 @@ class SegModel:
                           f"({num_classes} classes; keys backbone.*, lateral_convs.*, output_convs.*, seg_head.*)")
         session = None
         if backend == "onnx":
-            from .onnx_backend import session_for
+            from so101_deploy.perception.onnx_backend import session_for
 
             session = session_for(module, (1, 3, *train_hw), "seg_efficientvit_b0_fpn", "pixel_values", "logits",
                                   cache_dir=onnx_cache_dir, device=device, threads=threads, log=log)
@@ -296,7 +296,7 @@ class SegNode:
 
 
 def check_device_setting(settings, device: str) -> None:
-    from .node import SettingError
+    from so101_deploy.core.node import SettingError
 
     if device == "cuda":
         import torch
@@ -307,7 +307,7 @@ def check_device_setting(settings, device: str) -> None:
 
 def seg_model_from_settings(settings, log=None) -> SegModel:
     """Build the model from the node's settings; any failure names the setting and the file."""
-    from .node import SettingError
+    from so101_deploy.core.node import SettingError
 
     path = settings.str("SO101_SEG_CHECKPOINT", required=True)
     backend = settings.choice("SO101_SEG_BACKEND", "torch", BACKENDS)

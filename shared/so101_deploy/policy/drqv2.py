@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .messages import ACTION_SPACES, OBS_FRAMES, OBS_SIZE, PROPRIO_DIM
-from .safe_load import CheckpointError, load_checkpoint
+from so101_deploy.core.messages import ACTION_SPACES, OBS_FRAMES, OBS_SIZE, PROPRIO_DIM
+from so101_deploy.policy.safe_load import CheckpointError, load_checkpoint
 
 ENC = "encoder.convs_per_cam.0."
 ACT = "actor.actor_model."
@@ -359,7 +359,7 @@ def _onnx_session(model, spec: DrQV2Spec, device: str):
 
     import onnxruntime as ort
 
-    from .onnx_backend import _providers
+    from so101_deploy.perception.onnx_backend import _providers
 
     rgb = torch.zeros(1, spec.frames, spec.channels_per_frame, spec.image_size, spec.image_size)
     low = torch.zeros(1, spec.frames, spec.state_dim)
@@ -496,7 +496,7 @@ class PolicyNode:
     def handle(self, msg):
         import time
 
-        from .messages import encode, split_observation
+        from so101_deploy.core.messages import encode, split_observation
 
         rgb, low_dim = split_observation(msg.data)
         t0 = time.perf_counter()
@@ -509,8 +509,8 @@ class PolicyNode:
 def policy_runner_from_settings(settings) -> PolicyRunner:
     """``SO101_POLICY_CHECKPOINT`` (required), ``SO101_POLICY_BACKEND`` (torch|onnx),
     ``SO101_DEVICE`` (cpu|cuda), ``SO101_POLICY_TRUSTED`` (false: safe loading)."""
-    from .node import SettingError
-    from .safe_load import TRUST_ENV
+    from so101_deploy.core.node import SettingError
+    from so101_deploy.policy.safe_load import TRUST_ENV
 
     path = settings.str("SO101_POLICY_CHECKPOINT", required=True)
     backend = settings.choice("SO101_POLICY_BACKEND", "torch", ("torch", "onnx"))

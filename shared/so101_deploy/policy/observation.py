@@ -9,7 +9,7 @@ Per camera frame (640x480), by default:
   the simulator's oracle, are already sim classes) -> same crop -> 84x84 ``INTER_NEAREST``;
 - the frame is ``[mask, disparity]`` (2, 84, 84) uint8; 3 frames are stacked oldest first, the
   stack being filled with copies of the first frame at start and after :meth:`reset`;
-- proprioception (3, 18) stacked the same way (:mod:`so101_deploy.proprio`).
+- proprioception (3, 18) stacked the same way (:mod:`so101_deploy.policy.proprio`).
 
 The variants the hand-off or the upstream real script used are options, never the default:
 ``SO101_OBS_DISPARITY_INTERP=linear`` (INTER_LINEAR), ``SO101_OBS_NORMALISE=crop`` (crop, then
@@ -25,7 +25,7 @@ from typing import Mapping
 import cv2
 import numpy as np
 
-from .messages import OBS_FRAMES, OBS_SIZE, PROPRIO_DIM, Message, join_observation
+from so101_deploy.core.messages import OBS_FRAMES, OBS_SIZE, PROPRIO_DIM, Message, join_observation
 
 DISPARITY_INTERPS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 NORMALISE_MODES = ("frame", "crop")
@@ -50,7 +50,7 @@ class ObservationOptions:
 
     @classmethod
     def from_settings(cls, settings) -> "ObservationOptions":
-        """From a :class:`so101_deploy.node.Settings` (the node's env)."""
+        """From a :class:`so101_deploy.core.node.Settings` (the node's env)."""
         return cls(disparity_interp=settings.choice("SO101_OBS_DISPARITY_INTERP", "area", tuple(DISPARITY_INTERPS)),
                    normalise=settings.choice("SO101_OBS_NORMALISE", "frame", NORMALISE_MODES),
                    remap=settings.bool("SO101_OBS_REMAP", True))
@@ -190,7 +190,7 @@ class ObservationBuilder:
 
     def __init__(self, options: ObservationOptions = ObservationOptions(), proprio=None, max_pending: int = 8):
         if proprio is None:
-            from .proprio import Proprioception
+            from so101_deploy.policy.proprio import Proprioception
 
             proprio = Proprioception()
         self.options = options
@@ -280,7 +280,7 @@ class ObservationNode:
     def _encode(self, obs: Observation | None):
         if obs is None:
             return None
-        from .messages import encode
+        from so101_deploy.core.messages import encode
 
         return encode("observation", obs.flat, frame_id=obs.frame_id, stamp_ns=obs.stamp_ns, **self.builder.meta())
 
@@ -301,7 +301,7 @@ def observation_node_from_settings(settings) -> ObservationNode:
     """``SO101_OBS_DISPARITY_INTERP`` (area|linear), ``SO101_OBS_NORMALISE`` (frame|crop),
     ``SO101_OBS_REMAP`` (true|false), ``SO101_OBS_VELOCITY`` (timestamps|message),
     ``SO101_OBS_MAX_VELOCITY_GAP_S`` (0.5)."""
-    from .proprio import VELOCITY_SOURCES, Proprioception
+    from so101_deploy.policy.proprio import VELOCITY_SOURCES, Proprioception
 
     options = ObservationOptions.from_settings(settings)
     proprio = Proprioception(velocity_source=settings.choice("SO101_OBS_VELOCITY", "timestamps", VELOCITY_SOURCES),

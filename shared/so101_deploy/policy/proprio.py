@@ -3,7 +3,7 @@
 Per frame, in this order: joint positions (6, rad, the gripper as its joint angle), joint
 velocities (6, rad/s), the ``gripperframe`` site position (3, m, world frame) and its roll, pitch,
 yaw (3, rad) from the site rotation, through MuJoCo kinematics of the SO-101 MJCF
-(:mod:`so101_deploy.kinematics`).  No normalisation: training used none.
+(:mod:`so101_deploy.arm.kinematics`).  No normalisation: training used none.
 
 Velocities: the simulator read ``qvel``; on the arm they come from the positions of consecutive
 ``joint_state`` messages divided by the difference of their ``stamp_ns`` (``timestamps``, the
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .messages import N_JOINTS, PROPRIO_DIM
+from so101_deploy.core.messages import N_JOINTS, PROPRIO_DIM
 
 VELOCITY_SOURCES = ("timestamps", "message")
 
@@ -27,7 +27,7 @@ class ProprioError(ValueError):
 
 def proprio_vector(kinematics, q_rad: np.ndarray, qvel_rad_s: np.ndarray) -> np.ndarray:
     """[q (6), qvel (6), gripperframe xyz (3), roll/pitch/yaw (3)] as float64 (18,)."""
-    from .kinematics import rpy_from_rotmat
+    from so101_deploy.arm.kinematics import rpy_from_rotmat
 
     q = np.asarray(q_rad, np.float64)
     v = np.asarray(qvel_rad_s, np.float64)
@@ -56,7 +56,7 @@ class Proprioception:
         if velocity_source not in VELOCITY_SOURCES:
             raise ValueError(f"velocity source {velocity_source!r}: expected one of {VELOCITY_SOURCES}")
         if kinematics is None:
-            from .kinematics import Kinematics
+            from so101_deploy.arm.kinematics import Kinematics
 
             kinematics = Kinematics()
         self.kinematics = kinematics

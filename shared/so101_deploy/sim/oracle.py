@@ -14,7 +14,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from . import sim_scene
+from so101_deploy.sim import scene as sim_scene
 
 CLASS_OTHER, CLASS_FLOOR, CLASS_CUBE, CLASS_STATIC_FINGER, CLASS_MOVING_FINGER = range(5)
 DISPARITY_EPS_M = 1e-3

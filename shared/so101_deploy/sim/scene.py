@@ -2,7 +2,7 @@
 
 pick-101 trained in ``models/so101/lift_cube.xml``, which includes its own copy of
 ``so101_new_calib.xml``.  Here the scene is assembled with ``mujoco.MjSpec`` from the MJCF the
-kinematics uses (:func:`so101_deploy.kinematics.so101_mjcf_path`), so the simulator and the IK of
+kinematics uses (:func:`so101_deploy.arm.kinematics.so101_mjcf_path`), so the simulator and the IK of
 the controller share one kinematic model.  What is added or changed, and why:
 
 - wrist camera ``wrist_cam`` in the ``gripper`` body: pos (0.008, -0.065, -0.019), euler
@@ -35,8 +35,8 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from .kinematics import so101_spec
-from .messages import JOINT_NAMES
+from so101_deploy.arm.kinematics import so101_spec
+from so101_deploy.core.messages import JOINT_NAMES
 
 TIMESTEP_S = 0.002
 SUBSTEPS = 10  # mj_steps per control step (one policy action = 20 ms, 50 Hz)

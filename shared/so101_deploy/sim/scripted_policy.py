@@ -102,14 +102,14 @@ class ScriptedPolicyRunner:
     the project's kinematics; the phases restart whenever the metadata ``episode`` changes."""
 
     def __init__(self, kinematics=None, policy: ScriptedLiftPolicy | None = None):
-        from .kinematics import Kinematics
+        from so101_deploy.arm.kinematics import Kinematics
 
         self.kin = kinematics if kinematics is not None else Kinematics()
         self.policy = policy if policy is not None else ScriptedLiftPolicy()
         self.episode = None
 
     def on_joint_state(self, msg) -> tuple[object, dict]:
-        from .messages import MessageError, encode
+        from so101_deploy.core.messages import MessageError, encode
 
         missing = [k for k in CUBE_META if k not in msg.meta]
         if missing:
@@ -139,10 +139,10 @@ def run_scripted_episodes(episodes: int, seed: int = 0, controller_env: dict | N
     goal, safety)`` sees every goal sent (for checks); ``gripper_override`` replaces the gripper
     action (a negative control).  Each episode restarts the controller from the new reset pose.
     """
-    from .controller import control_loop_from_settings
-    from .messages import decode, encode
-    from .node import Settings
-    from .sim_arm import SimArm, SimRunner
+    from so101_deploy.arm.controller import control_loop_from_settings
+    from so101_deploy.core.messages import decode, encode
+    from so101_deploy.core.node import Settings
+    from so101_deploy.sim.sim_arm import SimArm, SimRunner
 
     sim = SimArm()
     runner = SimRunner(sim, seed=seed, camera=False, oracle=False)
@@ -180,7 +180,7 @@ def measure_sim(frames: int = 10, steps: int = 200) -> dict[str, float]:
     """Milliseconds per wrist render (rgb, seg, depth at 640x480) and per control step (physics)."""
     import time
 
-    from .sim_arm import SimArm
+    from so101_deploy.sim.sim_arm import SimArm
 
     sim = SimArm()
     try:

@@ -22,11 +22,11 @@ from typing import Mapping
 import mujoco
 import numpy as np
 
-from . import sim_scene
-from .gl import headless_gl_fallback
-from .kinematics import Kinematics, gripper_action_to_rad
-from .messages import JOINT_NAMES, N_JOINTS, encode, now_ns
-from .oracle import OracleSeg, disparity_from_depth
+from so101_deploy.sim import scene as sim_scene
+from so101_deploy.core.gl import headless_gl_fallback
+from so101_deploy.arm.kinematics import Kinematics, gripper_action_to_rad
+from so101_deploy.core.messages import JOINT_NAMES, N_JOINTS, encode, now_ns
+from so101_deploy.sim.oracle import OracleSeg, disparity_from_depth
 
 CUBE_XY_M = (0.25, 0.0)
 CUBE_XY_SPREAD_M = 0.02
@@ -327,7 +327,7 @@ class SimRunner:
 
 
 class SimBusBridge:
-    """The simulated arm behind the software servo bus (:class:`so101_deploy.emulator.EmulatedBus`
+    """The simulated arm behind the software servo bus (:class:`so101_deploy.arm.emulator.EmulatedBus`
     with ``external_motion=True``): the real servo node drives the sim through the real scservo_sdk.
 
     Before each control step the goal each servo is driving to (Goal_Position steps) becomes the
@@ -369,7 +369,7 @@ class SimBusBridge:
 def runner_from_settings(settings) -> tuple[SimRunner, object | None]:
     """Build the sim arm node's logic from its settings (see nodes/sim_arm/main.py); returns
     (runner, the started :class:`BusProcess` or None).  The caller stops the bus."""
-    from .node import SettingError
+    from so101_deploy.core.node import SettingError
 
     seed = settings.int("SO101_SIM_SEED", 0, min=0)
     step_on = settings.choice("SO101_SIM_STEP_ON", "tick", STEP_ON)
@@ -387,7 +387,7 @@ def runner_from_settings(settings) -> tuple[SimRunner, object | None]:
                        oracle=oracle)
     bus = None
     if link:
-        from .calibration import Calibration
+        from so101_deploy.arm.calibration import Calibration
 
         cal_path = settings.str("SO101_CALIBRATION")
         try:
@@ -411,8 +411,8 @@ def runner_from_settings(settings) -> tuple[SimRunner, object | None]:
 def _bus_process_main(link: str, calibration_path: str | None, start_steps: dict, present, goals, torque,
                       stop, ready, error) -> None:
     """The software servo bus in its own process (see :class:`BusProcess`), synced through shared arrays."""
-    from .calibration import Calibration
-    from .emulator import EmulatedBus
+    from so101_deploy.arm.calibration import Calibration
+    from so101_deploy.arm.emulator import EmulatedBus
 
     parent = os.getppid()
     ids = sorted(start_steps)
@@ -440,7 +440,7 @@ def _bus_process_main(link: str, calibration_path: str | None, start_steps: dict
 
 
 class BusProcess:
-    """:class:`so101_deploy.emulator.EmulatedBus` (``external_motion``) served by a child process,
+    """:class:`so101_deploy.arm.emulator.EmulatedBus` (``external_motion``) served by a child process,
     with the same simulator accessors (``goal_steps``, ``torque_enabled``, ``set_present_steps``).
 
     Why a process: dora's ``Node()`` holds the Python GIL until every node of the dataflow has

@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from .dataflow import REPO_ROOT, prepare, run_dataflow
-from .perception_bench import time_call
+from so101_deploy.core.dataflow import REPO_ROOT, prepare, run_dataflow
+from so101_deploy.tools.perception_bench import time_call
 
 CAMERA_FPS = 30.0  # dataflow.yml's SO101_CAMERA_FPS; the generated video plays at this rate
 
 
 def _frames(n: int = 8) -> list[np.ndarray]:
-    from .synthetic import render_frame  # noqa: PLC0415
+    from so101_deploy.sim.synthetic import render_frame  # noqa: PLC0415
 
     return [render_frame(i) for i in range(n)]
 
@@ -49,9 +49,9 @@ def _frames(n: int = 8) -> list[np.ndarray]:
 
 def real_size_models(folder: Path) -> dict[str, Path]:
     """Real-size architectures with random weights in the real file formats (cached in ``folder``)."""
-    from .fixtures import write_seg_checkpoint  # noqa: PLC0415
-    from .perception_bench import _real_size_depth_folder  # noqa: PLC0415
-    from .policy import write_fixture_snapshots  # noqa: PLC0415
+    from so101_deploy.tools.fixtures import write_seg_checkpoint  # noqa: PLC0415
+    from so101_deploy.tools.perception_bench import _real_size_depth_folder  # noqa: PLC0415
+    from so101_deploy.policy.drqv2 import write_fixture_snapshots  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
     seg = folder / "seg" / "best.ckpt"
@@ -69,8 +69,8 @@ def real_size_models(folder: Path) -> dict[str, Path]:
 
 def bench_stages(models: dict[str, Path], device: str, threads: int | None, runs: int,
                  onnx_cache: Path) -> dict[str, Any]:
-    from .perception_bench import bench_perception  # noqa: PLC0415
-    from .policy import PolicyRunner  # noqa: PLC0415
+    from so101_deploy.tools.perception_bench import bench_perception  # noqa: PLC0415
+    from so101_deploy.policy.drqv2 import PolicyRunner  # noqa: PLC0415
 
     backends = ("torch", "onnx") if device == "cpu" else ("torch",)
     out = bench_perception(seg_checkpoint=models["seg"], depth_model=models["depth"], backends=backends,
@@ -89,7 +89,7 @@ def bench_stages(models: dict[str, Path], device: str, threads: int | None, runs
 
 
 def _bench_observation(runs: int) -> dict[str, float]:
-    from .observation import build_frame  # noqa: PLC0415
+    from so101_deploy.policy.observation import build_frame  # noqa: PLC0415
 
     rng = np.random.default_rng(1)
     mask = rng.integers(0, 6, (480, 640), dtype=np.uint8)
@@ -98,8 +98,8 @@ def _bench_observation(runs: int) -> dict[str, float]:
 
 
 def _bench_controller(runs: int) -> dict[str, float]:
-    from .controller import CartesianController  # noqa: PLC0415
-    from .kinematics import Kinematics  # noqa: PLC0415
+    from so101_deploy.arm.controller import CartesianController  # noqa: PLC0415
+    from so101_deploy.arm.kinematics import Kinematics  # noqa: PLC0415
 
     kin = Kinematics()
     ctl = CartesianController(kin)
@@ -129,9 +129,9 @@ def handoff_preprocess(seg_mask: np.ndarray, disparity: np.ndarray, frames: list
 
 
 def bench_handoff(models: dict[str, Path], device: str, threads: int | None, iterations: int) -> dict[str, Any]:
-    from .depth import DepthModel  # noqa: PLC0415
-    from .policy import PolicyRunner  # noqa: PLC0415
-    from .seg import SegModel  # noqa: PLC0415
+    from so101_deploy.perception.depth import DepthModel  # noqa: PLC0415
+    from so101_deploy.policy.drqv2 import PolicyRunner  # noqa: PLC0415
+    from so101_deploy.perception.seg import SegModel  # noqa: PLC0415
 
     seg = SegModel.load(models["seg"], device=device, backend="torch", threads=threads)
     depth = DepthModel.load(models["depth"], device=device, backend="torch", input_size=518, threads=threads)
@@ -158,13 +158,13 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
                 bus_log: Path | None = None) -> dict[str, Any]:
     """Run ``dataflow.yml`` itself with the generated video as camera and the software bus as arm;
     ``bus_log`` keeps every register write the servo node made (the integration tests read it)."""
-    from .synthetic import write_video  # noqa: PLC0415
+    from so101_deploy.sim.synthetic import write_video  # noqa: PLC0415
 
     out_dir.mkdir(parents=True, exist_ok=True)
     video = write_video(out_dir / "camera.mp4", frames=90)
     link = out_dir / "ttySO101"
-    calibration = Path(__file__).parent / "data" / "calibration_so101_example.json"
-    bus_cmd = [sys.executable, "-m", "so101_deploy.cli", "emulate-bus", "--link", str(link),
+    calibration = Path(__file__).parent.parent / "data" / "calibration_so101_example.json"
+    bus_cmd = [sys.executable, "-m", "so101_deploy.tools.cli", "emulate-bus", "--link", str(link),
                "--calibration", str(calibration)] + (["--log", str(bus_log)] if bus_log else [])
     bus = subprocess.Popen(bus_cmd, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -21,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from .dataflow import REPO_ROOT, load, prepare, run_dataflow
+from so101_deploy.core.dataflow import REPO_ROOT, load, prepare, run_dataflow
 
 FLOWS = {
     "sim": "dataflow.sim.yml",
@@ -53,7 +53,7 @@ def monitor_node(flow: dict, out_dir: Path, fps: float) -> dict:
 
 
 def ensure_fixtures(folder: Path) -> dict[str, Path]:
-    from .fixtures import write_fixtures  # noqa: PLC0415
+    from so101_deploy.tools.fixtures import write_fixtures  # noqa: PLC0415
 
     marker = folder / "fixtures.json"
     if marker.exists():

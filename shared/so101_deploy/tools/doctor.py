@@ -67,7 +67,7 @@ def _torch_device() -> str:
 def _mujoco_render() -> str:
     import mujoco  # noqa: PLC0415
 
-    from .gl import headless_gl_fallback  # noqa: PLC0415
+    from so101_deploy.core.gl import headless_gl_fallback  # noqa: PLC0415
 
     headless_gl_fallback()  # what the simulator does on a machine without a display
 
@@ -83,7 +83,7 @@ def _mujoco_render() -> str:
 def _camera(src: str, timeout_s: float = 5.0) -> str:
     import time  # noqa: PLC0415
 
-    from .camera import Camera  # noqa: PLC0415
+    from so101_deploy.perception.camera import Camera  # noqa: PLC0415
 
     cam = Camera(src, loop=False, max_frames=1, log=lambda level, msg: None)
     cam.open()
@@ -101,7 +101,7 @@ def _camera(src: str, timeout_s: float = 5.0) -> str:
 
 
 def _calibration(path: str) -> str:
-    from .calibration import Calibration  # noqa: PLC0415
+    from so101_deploy.arm.calibration import Calibration  # noqa: PLC0415
 
     cal = Calibration.load(path)
     return f"{path}: {len(cal.motors)} motors"
@@ -114,8 +114,8 @@ def _port(port: str, calibration: str | None) -> str:
         raise PermissionError(f"no read/write access to {port} (add yourself to the dialout group)")
     if calibration is None:
         return f"{port} exists and is accessible (give --calibration to ping the servos)"
-    from .calibration import Calibration  # noqa: PLC0415
-    from .servo_bus import ServoBus  # noqa: PLC0415
+    from so101_deploy.arm.calibration import Calibration  # noqa: PLC0415
+    from so101_deploy.arm.servo_bus import ServoBus  # noqa: PLC0415
 
     bus = ServoBus(port, Calibration.load(calibration))
     try:
@@ -127,21 +127,21 @@ def _port(port: str, calibration: str | None) -> str:
 
 
 def _seg(path: str) -> str:
-    from .seg import SegModel  # noqa: PLC0415
+    from so101_deploy.perception.seg import SegModel  # noqa: PLC0415
 
     m = SegModel.load(path)
     return f"{path}: {m.num_classes} classes, trained at {m.train_hw[0]}x{m.train_hw[1]}"
 
 
 def _depth(path: str) -> str:
-    from .depth import DepthModel  # noqa: PLC0415
+    from so101_deploy.perception.depth import DepthModel  # noqa: PLC0415
 
     DepthModel.load(path, input_size=266)
     return f"{path}: loaded"
 
 
 def _policy(path: str) -> str:
-    from .policy import PolicyRunner  # noqa: PLC0415
+    from so101_deploy.policy.drqv2 import PolicyRunner  # noqa: PLC0415
 
     p = PolicyRunner.load(path)
     return f"{path}: action space {p.action_space} ({p.spec.action_dim}-D), {p.loaded.format} format"

@@ -8,7 +8,7 @@ Tests and the demo job load these through the very code paths that load the real
   of a tiny Depth Anything config of the V2 layout;
 * ``depth_anything_v2_vits_tiny.pth``: the same tiny weights in the original repository's key
   names, made by inverting the project's own original -> HF conversion;
-* the two policy snapshot formats, written by :func:`so101_deploy.policy.write_fixture_snapshots`.
+* the two policy snapshot formats, written by :func:`so101_deploy.policy.drqv2.write_fixture_snapshots`.
 
 Everything is plain tensors/dicts (loads with ``torch.load(weights_only=True)``); the same seed
 gives the same weights.
@@ -45,7 +45,7 @@ def write_seg_checkpoint(path, img_hw: tuple[int, int] = (480, 640), seed: int =
     """
     import torch
 
-    from .seg import build_seg_module
+    from so101_deploy.perception.seg import build_seg_module
 
     path = Path(path)
     with _seeded(seed):
@@ -79,7 +79,7 @@ def write_seg_checkpoint(path, img_hw: tuple[int, int] = (480, 640), seed: int =
 def tiny_depth_module(seed: int = 0):
     from transformers import DepthAnythingForDepthEstimation
 
-    from .depth import tiny_depth_config
+    from so101_deploy.perception.depth import tiny_depth_config
 
     with _seeded(seed):
         return DepthAnythingForDepthEstimation(tiny_depth_config()).eval()
@@ -89,7 +89,7 @@ def write_depth_fixtures(out_dir, seed: int = 0) -> dict[str, Path]:
     """The tiny depth model as an HF folder and as an original-format ``.pth`` of the same weights."""
     import torch
 
-    from .depth import PREPROCESSOR_CONFIG, hf_to_original
+    from so101_deploy.perception.depth import PREPROCESSOR_CONFIG, hf_to_original
 
     from transformers.utils import logging as hf_logging
 
@@ -109,7 +109,7 @@ def write_depth_fixtures(out_dir, seed: int = 0) -> dict[str, Path]:
 def write_fixtures(out_dir, seed: int = 0) -> dict[str, Path]:
     """All fixture files under ``out_dir``; keys seg_checkpoint, depth_hf_dir, depth_pth,
     policy_snapshot, policy_handoff."""
-    from .policy import write_fixture_snapshots
+    from so101_deploy.policy.drqv2 import write_fixture_snapshots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .messages import JOINT_NAMES, N_JOINTS
+from so101_deploy.core.messages import JOINT_NAMES, N_JOINTS
 
 FRAME_HW = (480, 640)
 FRAME_PERIOD_NS = 33_333_333  # 30 fps, when no joints file gives stamps
@@ -104,8 +104,8 @@ def at_rest(n_frames: int) -> list[JointSample]:
 def run_chain(seg_model, depth_model, runner, frames_bgr: list[np.ndarray], joints: list[JointSample],
               options=None, proprio=None) -> dict:
     """Frames + joint samples -> masks, disparities, the last observation and its action."""
-    from .observation import ObservationBuilder, ObservationOptions
-    from .proprio import Proprioception
+    from so101_deploy.policy.observation import ObservationBuilder, ObservationOptions
+    from so101_deploy.policy.proprio import Proprioception
 
     builder = ObservationBuilder(options or ObservationOptions(), proprio or Proprioception())
     masks, disps = [], []
@@ -174,8 +174,8 @@ def _fail(msg: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .observation import ObservationOptions
-    from .safe_load import CheckpointError
+    from so101_deploy.policy.observation import ObservationOptions
+    from so101_deploy.policy.safe_load import CheckpointError
 
     try:
         frames = [read_frame(p) for p in args.frames]
@@ -184,9 +184,9 @@ def run(args: argparse.Namespace) -> int:
     except InferError as e:
         return _fail(str(e))
 
-    from .depth import DepthModel
-    from .policy import PolicyRunner
-    from .seg import SegModel
+    from so101_deploy.perception.depth import DepthModel
+    from so101_deploy.policy.drqv2 import PolicyRunner
+    from so101_deploy.perception.seg import SegModel
 
     # the policy first: it is the quickest to load and the likeliest to be refused
     try:

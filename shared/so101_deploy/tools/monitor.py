@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .messages import Message
+from so101_deploy.core.messages import Message
 
 # BGR colours for the real 6 classes and the sim 5 classes (same semantic colour for both).
 REAL6_BGR = np.array([[0, 0, 0], [90, 90, 90], [60, 160, 200], [30, 30, 230], [230, 160, 40], [60, 220, 60]],

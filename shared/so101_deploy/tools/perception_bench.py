@@ -39,7 +39,7 @@ def _real_size_depth_folder(folder: Path) -> Path:
     import torch
     from transformers import DepthAnythingForDepthEstimation
 
-    from .depth import PREPROCESSOR_CONFIG, v2_small_config
+    from so101_deploy.perception.depth import PREPROCESSOR_CONFIG, v2_small_config
 
     from transformers.utils import logging as hf_logging
 
@@ -67,9 +67,9 @@ def bench_perception(seg_checkpoint=None, depth_model=None, backends: Sequence[s
     """
     import torch
 
-    from .depth import DepthModel
-    from .fixtures import write_seg_checkpoint
-    from .seg import SegModel
+    from so101_deploy.perception.depth import DepthModel
+    from so101_deploy.tools.fixtures import write_seg_checkpoint
+    from so101_deploy.perception.seg import SegModel
 
     say = log or (lambda _m: None)
     frame = np.random.default_rng(0).integers(0, 256, (*frame_hw, 3), dtype=np.uint8)
@@ -107,7 +107,7 @@ def bench_perception(seg_checkpoint=None, depth_model=None, backends: Sequence[s
     return result
 
 
-if __name__ == "__main__":  # python -m so101_deploy.perception_bench [cuda]
+if __name__ == "__main__":  # python -m so101_deploy.tools.perception_bench [cuda]
     import json
     import sys
 

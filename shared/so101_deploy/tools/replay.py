@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataflow import DataflowError, run_dataflow
-from .messages import Message
-from .recording import read_recording
-from .synthetic import read_frame_index, write_video
+from so101_deploy.core.dataflow import REPO_ROOT, DataflowError, run_dataflow
+from so101_deploy.core.messages import Message
+from so101_deploy.core.recording import read_recording
+from so101_deploy.sim.synthetic import read_frame_index, write_video
 
 DATAFLOW = "dataflow.replay.yml"
 
 
 def find_dataflow(name: str = DATAFLOW) -> Path:
-    """The replay dataflow at the repository root (this package is the repo's ``shared/`` folder)."""
-    path = Path(__file__).resolve().parent.parent / name
+    """The replay dataflow at the repository root."""
+    path = REPO_ROOT / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; replay-demo runs from a checkout of so101-deploy "
                                 f"(pip install -e .)")
