@@ -3,9 +3,10 @@
 On a CPU machine MuJoCo renders through OSMesa (``MUJOCO_GL=osmesa``), whose llvmpipe loads its own
 LLVM.  If Triton (pulled in by torch/torchvision, e.g. when timm is imported) is loaded *after*
 that -- and ``import mujoco`` with ``MUJOCO_GL=osmesa`` is enough to load it -- the process
-segfaults inside Triton's import; loaded before, both work.  The package's ``__init__`` calls
-:func:`preload_for_osmesa`, so every node, command and test loads Triton first (~0.3 s) on
-machines that render through OSMesa.
+segfaults inside Triton's import; loaded before, both work.  ``so101_deploy.sim`` and
+``so101_deploy.tools`` (which may load both) and the test suite call :func:`preload_for_osmesa` on
+import (~0.3 s on machines that render through OSMesa); nodes that never load a model stay free of it.
+Code outside those that imports mujoco and then torch must call it first.
 """
 
 from __future__ import annotations
