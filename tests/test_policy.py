@@ -11,9 +11,9 @@ from omegaconf import DictConfig
 
 from so101_deploy.core.messages import decode, encode, join_observation
 from so101_deploy.core.node import SettingError, Settings
-from so101_deploy.policy.drqv2 import (CheckpointError, DrQV2Actor, DrQV2Spec, PolicyNode, PolicyRunner,
-                                 fixture_agent_state_dict, load_policy, policy_runner_from_settings,
-                                 write_fixture_snapshots)
+from so101_deploy.policy.drqv2 import (CheckpointError, DrQV2Actor, DrQV2Spec, PolicyNode, PolicyRunner, load_policy,
+                                       policy_runner_from_settings)
+from so101_deploy.tools.fixtures import fixture_agent_state_dict, write_fixture_snapshots
 
 A = "actor.actor_model."
 

@@ -12,8 +12,9 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from so101_deploy.core.node import Settings, SettingError
-from so101_deploy.policy.drqv2 import policy_runner_from_settings, training_config, write_fixture_snapshots
+from so101_deploy.policy.drqv2 import policy_runner_from_settings
 from so101_deploy.policy.safe_load import CheckpointError, UnsafeCheckpointError, load_checkpoint
+from so101_deploy.tools.fixtures import training_config, write_fixture_snapshots
 
 
 class _SystemPayload:
