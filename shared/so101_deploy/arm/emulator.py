@@ -52,10 +52,6 @@ DEFAULT_MAX_SPEED_SPS = 3000.0  # ~ the STS3215's no-load speed (45 rpm)
 OVERLOAD_LOAD = 1000  # Present_Load (0.1 % PWM) reported by an overloaded servo
 
 _TORQUE = sts.REGISTERS["Torque_Enable"]
-_GOAL = sts.REGISTERS["Goal_Position"]
-_OFFSET = sts.REGISTERS["Homing_Offset"]
-_MIN = sts.REGISTERS["Min_Position_Limit"]
-_MAX = sts.REGISTERS["Max_Position_Limit"]
 _LOCK = sts.REGISTERS["Lock"]
 _ID = sts.REGISTERS["ID"]
 _RESPONSE_LEVEL = sts.REGISTERS["Response_Status_Level"]
@@ -322,11 +318,6 @@ class EmulatedBus:
     def torque_enabled(self) -> dict[int, bool]:
         with self._lock:
             return {i: s.torque_on for i, s in self.servos.items()}
-
-    def present_steps(self) -> dict[int, int]:
-        with self._lock:
-            self._advance()
-            return {i: int(round(s.present())) % sts.STEPS_PER_TURN for i, s in self.servos.items()}
 
     def set_present_steps(self, steps: Mapping[int, float]) -> None:
         """Move the joints (``external_motion``: the simulator is the physics)."""

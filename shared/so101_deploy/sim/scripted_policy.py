@@ -30,8 +30,6 @@ SETTLE_STEPS = 5
 MAX_CLOSE_STEPS = 75
 GAIN = 0.5  # fraction of the remaining error commanded per step
 
-PHASES = ("approach", "descend", "close", "lift", "hold")
-
 
 class ScriptedLiftPolicy:
     """Call :meth:`reset` at every episode start, then :meth:`act` once per control step."""
