@@ -49,9 +49,8 @@ def _frames(n: int = 8) -> list[np.ndarray]:
 
 def real_size_models(folder: Path) -> dict[str, Path]:
     """Real-size architectures with random weights in the real file formats (cached in ``folder``)."""
-    from so101_deploy.tools.fixtures import write_seg_checkpoint  # noqa: PLC0415
+    from so101_deploy.tools.fixtures import write_fixture_snapshots, write_seg_checkpoint  # noqa: PLC0415
     from so101_deploy.tools.perception_bench import _real_size_depth_folder  # noqa: PLC0415
-    from so101_deploy.policy.drqv2 import write_fixture_snapshots  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
     seg = folder / "seg" / "best.ckpt"
