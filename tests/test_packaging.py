@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from so101_deploy.core import dataflow
 from so101_deploy.core.dataflow import DataflowError, flow_file, flows_root
@@ -132,12 +133,21 @@ print(json.dumps(out))
 
 @pytest.mark.integration
 def test_installed_demo_runs_from_another_folder(installed):
-    res = cli(installed, "demo", "--seconds", "15", timeout=240)
+    # 30 s, not the 15 a user might try: --stop-after counts from dora's start, and on two busy cores
+    # importing torch in five nodes alone has taken over 20 s (nodes stopped before they connect
+    # leave no report)
+    res = cli(installed, "demo", "--seconds", "30", timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert f"[demo] flow {installed['flows'] / 'dataflow.sim.yml'}" in res.stdout
     out = installed["cwd"] / "artifacts" / "demo"  # the default --out, relative to the current folder
     assert (out / "report.md").exists() and (out / "report.json").exists()
-    assert (installed["cwd"] / "artifacts" / "fixtures" / "fixtures.json").exists()
-    assert f"[demo] flow {installed['flows'] / 'dataflow.sim.yml'}" in res.stdout
+    # the fixtures went to ./artifacts/fixtures and the packaged flow's artifacts/fixtures/... found them
+    fixtures = installed["cwd"] / "artifacts" / "fixtures"
+    prepared = yaml.safe_load((out / "dataflow.sim.demo.yml").read_text())
+    settings = {k: v for n in prepared["nodes"] for k, v in (n.get("env") or {}).items()}
+    assert settings["SO101_SEG_CHECKPOINT"] == str(fixtures / "seg" / "best.ckpt")
+    assert settings["SO101_POLICY_CHECKPOINT"] == str(fixtures / "policy_snapshot.pt")
+    assert all(Path(n["path"]).is_relative_to(installed["flows"] / "nodes") for n in prepared["nodes"])
     assert not (installed["flows"] / "artifacts").exists() and not (installed["flows"] / "out").exists()
 
 
