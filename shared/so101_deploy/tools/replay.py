@@ -10,9 +10,7 @@ frames, rate and frame_id continuity.  The first command a user runs: it needs n
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +91,6 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(record_dir)  # a recording is appended to; start clean
     write_video(video, args.frames, seed=args.seed)
     print(f"video: {video} ({args.frames} generated frames)")
-    # dora (and the python it runs nodes with) are found on PATH: put this interpreter's venv first
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     env = {"SO101_REPLAY_VIDEO": str(video), "SO101_REPLAY_RECORD_DIR": str(record_dir),
            "SO101_REPLAY_MAX_FRAMES": "0"}
     log_path = out / "dora.log"
