@@ -134,7 +134,7 @@ def test_sim_bus_dataflow_real_servo_node_lifts(repo_root, tmp_path):
                         "servo": {"SO101_PORT": link, "SO101_CALIBRATION": cal},
                         "controller": {"SO101_CALIBRATION": cal}})
     res = run_dataflow(flow, stop_after_s=30, log_path=tmp_path / "dora.log")
-    assert "servos configured, torque on" in res.log, res.log[-3000:]
+    assert "torque on, following goals" in res.log, res.log[-3000:]
     m = re.search(r"episode 1 at step (\d+): success=(True|False), cube z ([0-9.]+) m", res.log)
     assert m, f"sim_arm did not report at stop (rc {res.returncode}):\n{res.log[-3000:]}"
     assert m.group(2) == "True" and float(m.group(3)) > LIFT_HEIGHT_M, res.log[-3000:]

@@ -43,7 +43,7 @@ def build(settings, ctx) -> Handlers:
         ctx.log.info(f"new episode {msg.meta.get('episode', '?')}: target restarts from the present pose")
 
     def on_estop(msg: Message) -> None:
-        loop.on_estop(int(msg.data[0]))
+        loop.on_estop(int(msg.data[0]), time.monotonic())
         ctx.log.warning(f"e-stop {'ENGAGED' if loop.safety.estop_engaged else 'released'}")
 
     return Handlers(

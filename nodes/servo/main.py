@@ -3,7 +3,12 @@
 Inputs: `goal` (joint_goal, rad), `tick` (dora timer: the read rate, e.g. dora/timer/millis/20),
 optional `estop` (estop: 0 clear, 1 hold, 2 release torque).  Output: `joint_state` (rad, rad/s;
 frame_id = read counter; metadata errors, error_kinds, overload_ids, missing_ids, torque, estop,
-hold, read_ms, events).  Settings: so101_deploy.arm.servo_node.SETTINGS.
+state, hold, read_ms, events).  Settings: so101_deploy.arm.servo_node.SETTINGS.
+
+Safe states (so101_deploy.arm.safe_state): torque waits for the first goal from an action; no fresh goal,
+an e-stop (input or file), a silent e-stop input, a closed input or a servo fault holds the present pose;
+a long hold or a dead input parks the arm, releases torque and ends this node with exit code 3 and one
+line, so `dora run` ends too.
 
 Torque is released on every exit path: dora stop (on_stop), the end of the loop, an exception
 (finally), SIGTERM/SIGINT (raised into the loop as SystemExit), interpreter exit (atexit).
@@ -16,7 +21,9 @@ import sys
 from so101_deploy.arm.servo_bus import ServoBusError
 from so101_deploy.arm.servo_node import SETTINGS, ServoNode, ServoSettings, wait_for_port
 from so101_deploy.core.messages import encode, now_ns
-from so101_deploy.core.node import RAW, Handlers, NodeSpec, StartError, run_node
+from so101_deploy.core.node import RAW, FatalError, Handlers, NodeSpec, StartError, run_node
+
+EXIT_SAFE_STATE = 3  # the arm parked (or was released) because of a fault: the run ends here
 
 SPEC = NodeSpec("servo", SETTINGS, inputs={"goal": "joint_goal", "estop": "estop", "tick": RAW},
                 outputs=("joint_state",), optional=frozenset({"estop"}))
@@ -28,8 +35,9 @@ def _raise_on_signal(signum, _frame):
 
 def build(settings, ctx) -> Handlers:
     cfg = ServoSettings.from_settings(settings)
+    estop_wired = "estop" in (ctx.node_config().get("inputs") or {})
     try:
-        servo = ServoNode.from_settings(cfg)
+        servo = ServoNode.from_settings(cfg, settings, estop_wired=estop_wired)
     except (ServoBusError, ValueError, OSError) as e:
         raise StartError(str(e)) from None
     if not wait_for_port(cfg.port, cfg.port_wait_s):
@@ -47,19 +55,29 @@ def build(settings, ctx) -> Handlers:
         servo.shutdown()
         raise
 
+    def leave_if_done() -> None:
+        if servo.exit_reason is not None:
+            raise FatalError(f"servo: {servo.exit_reason}", exit_code=EXIT_SAFE_STATE)
+
     def on_tick() -> None:
         out = servo.on_tick()
         if out is not None:
             state, meta = out
             ctx.send("joint_state", *encode("joint_state", state, frame_id=servo.bus.reads, stamp_ns=now_ns(), **meta))
+        leave_if_done()
+
+    def on_closed(input_id: str) -> None:
+        servo.on_input_closed(input_id)
+        leave_if_done()
 
     def on_stop() -> None:
         servo.shutdown()
         ctx.log.info(f"stopped: {servo.bus.reads} reads, {servo.goals_written} goals written, "
                      f"bus errors {dict(servo.bus.errors)}, events {dict(servo.events)}")
 
-    return Handlers(on_input={"goal": lambda m: servo.on_goal(m.data), "estop": lambda m: servo.on_estop(int(m.data[0]))},
-                    on_tick={"tick": on_tick}, on_stop=on_stop)
+    return Handlers(on_input={"goal": lambda m: servo.on_goal(m.data, fresh=m.meta.get("source") != "watchdog"),
+                              "estop": lambda m: servo.on_estop(int(m.data[0]))},
+                    on_tick={"tick": on_tick}, on_stop=on_stop, on_closed=on_closed)
 
 
 def main(node=None, env=None) -> int:

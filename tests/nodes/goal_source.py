@@ -3,7 +3,8 @@
 Settings: SO101_TEST_OUT (JSONL path for joint_state, required), SO101_GOAL_PATTERN
 (`wave`: a slow sine of 0.6 rad on every arm joint plus, every 10th goal, one far outside the
 limits; `hold`: no goals at all), SO101_GOAL_STOP_AFTER_S (stop sending goals after this many
-seconds, default: never), SO101_ESTOP_AT_S (send estop=1 at that time; optional).  Times count
+seconds, default: never), SO101_ESTOP_AT_S (the e-stop state, sent every tick, turns from 0 to 1 at that
+time; optional).  Times count
 from the first joint_state received (the servo node is up), so a slow start-up does not eat the pattern.
 """
 
@@ -29,7 +30,6 @@ estop_at_s = s["SO101_ESTOP_AT_S"]
 node = Node()
 t0 = None
 sent = 0
-estop_sent = False
 with open(out_path, "a", buffering=1) as out:
     for event in node:
         if event["type"] == "STOP":
@@ -48,9 +48,10 @@ with open(out_path, "a", buffering=1) as out:
             continue  # the servo node is not up yet
         now = time.monotonic()
         t = now - t0
-        if estop_at_s >= 0 and t >= estop_at_s and not estop_sent:
-            node.send_output("estop", *encode("estop", np.array([1], np.uint8), frame_id=0, stamp_ns=now_ns()))
-            estop_sent = True
+        # like the e-stop node: the state on every tick (a silent e-stop input holds the arm)
+        engaged = estop_at_s >= 0 and t >= estop_at_s
+        node.send_output("estop", *encode("estop", np.array([int(engaged)], np.uint8), frame_id=sent,
+                                          stamp_ns=now_ns()))
         if pattern == "hold" or t > stop_after_s:
             continue
         sent += 1

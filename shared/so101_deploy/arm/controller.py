@@ -223,13 +223,17 @@ class ControlLoop:
             self._restarted = False
         return Output(goal, events, mode, source)
 
-    def on_estop(self, value: int) -> None:
-        """E-stop message value: 0 released; 1 (hold) or 2 (servo releases torque) both hold the goal."""
+    def on_estop(self, value: int, now_s: float | None = None) -> None:
+        """E-stop message value: 0 released; 1 (hold) or 2 (servo releases torque) both hold the goal.
+        Clearing it restarts the target and the safety filter from the present pose (the arm may have
+        sagged while limp), with the slow start: never back toward the goal held before."""
         engaged = int(value) != ESTOP_RELEASED
         was = self.safety.estop_engaged
         self.safety.estop(engaged)
         if was and not engaged:
             self._needs_reset = True  # the Cartesian target restarts from where the arm is now
+            if self.present_rad is not None and now_s is not None:
+                self.safety.reset(self.present_rad, now_s)
 
     def on_action(self, action: np.ndarray, action_space: str, now_s: float) -> Output | None:
         """One policy action -> the safe goal to send, or None before the first joint reading."""

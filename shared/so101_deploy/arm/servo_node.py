@@ -1,18 +1,21 @@
 """The servo node's logic, testable without dora: goals in, joint_state out, the arm kept safe.
 
-Start (slow start, never a jump): connect + handshake (servos 1-6, model 777) -> LeRobot's
-configuration (torque off) -> read the present pose -> Goal_Position := present steps ->
-torque on -> the safety filter starts from the present pose.
+Start: connect + handshake (servos 1-6, model 777) -> LeRobot's configuration (torque off) -> read the
+present pose.  Torque stays off (state WAIT) until the first fresh goal, one computed from an action
+(a goal whose ``source`` is ``watchdog`` is not fresh): then Goal_Position := present steps -> torque on
+-> the safety filter starts from the present pose (slow start, never a jump).  A chain that never
+produces an action never gets torque.
+
+From then on :class:`~so101_deploy.arm.safe_state.SafeState` decides (RUN, HOLD, PARK, LIMP; its
+docstring has the table): no fresh goal for SO101_HOLD_S, an e-stop hold (the e-stop input *or* the
+e-stop file, which this node reads itself every tick), a silent e-stop input, a closed input, a servo
+that stops answering or reports overload all hold the present pose; a long hold or a dead input parks
+the arm at a bounded joint speed, then releases torque, and the node exits with one line.
 
 Every goal passes :class:`~so101_deploy.arm.safety.SafetyFilter` (joint limits = the tighter of the
-calibrated range and the SO-101 MJCF ranges, per-write step bound, NaN/inf rejected).  The
-watchdog holds the present pose when no fresh goal came within ``watchdog_s``.  A servo that gives
-no fresh reading for longer than ``watchdog_s`` puts the arm on hold too ("fault hold") until
-every servo answers again.
-
-E-stop input (message ``estop``, uint8): 1 = hold (goals ignored, the last safe goal kept, torque
-on), 2 = release torque (arm limp), 0 = clear: from 2 the node re-reads the pose and slow-starts
-again.  Torque is released by :meth:`ServoNode.shutdown`, which the node calls on every exit path.
+calibrated range and the SO-101 MJCF ranges, per-write step bound, NaN/inf rejected).  Leaving a hold
+or an e-stop always restarts the filter from the present pose, with the slow start: never toward an
+old goal.  Torque is released by :meth:`ServoNode.shutdown`, which the node calls on every exit path.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from typing import Callable
 
 import numpy as np
 
+from so101_deploy.arm import safe_state
 from so101_deploy.arm.calibration import Calibration
+from so101_deploy.arm.estop import EstopFile
+from so101_deploy.arm.estop import SETTINGS as ESTOP_SETTINGS
 from so101_deploy.core.messages import N_JOINTS
 from so101_deploy.core.log import leveled
 from so101_deploy.core.settings import Setting, Settings
@@ -48,7 +54,7 @@ SETTINGS = (
             max=1000.0),
     Setting("SO101_PORT_WAIT_S", "float", 5.0, "how long to wait for the port to appear at start", min=0.0,
             max=600.0),
-)
+) + ESTOP_SETTINGS + safe_state.SETTINGS
 
 
 @dataclass
@@ -91,46 +97,57 @@ _log = leveled(logging.getLogger(__name__))
 
 class ServoNode:
     def __init__(self, bus: ServoBus, safety: SafetyFilter, torque_on_start: bool = True,
-                 clock: Callable[[], float] = time.monotonic, log: Callable[[str, str], None] = _log):
+                 clock: Callable[[], float] = time.monotonic, log: Callable[[str, str], None] = _log,
+                 safe: safe_state.SafeState | None = None, estop_file: EstopFile | None = None):
         self.bus = bus
         self.safety = safety
         self.torque_on_start = torque_on_start
         self.clock = clock
         self.log = log
+        self.safe = safe if safe is not None else safe_state.SafeState(safe_state.DEFAULT_REST_POSE_RAD)
+        self.estop_file = estop_file
         self.torque_on = False
         self.started = False
+        self.exit_reason: str | None = None  # set when a fault ended in LIMP: the node exits with it
         self.events = collections.Counter()
         self.goals_written = 0
+        self._estop_input = ESTOP_CLEAR
+        self._estop_file = ESTOP_CLEAR
         self._estop = ESTOP_CLEAR
-        self._fault_hold = False
         self._last_fresh_s = np.zeros(N_JOINTS)
         self._prev: Reading | None = None
         self._shut = False
         self._last_report_s = 0.0
         self._reported_errors = 0
+        self._last_tick_s: float | None = None
 
     @classmethod
-    def from_settings(cls, settings: ServoSettings) -> "ServoNode":
+    def from_settings(cls, settings: ServoSettings, raw: Settings | None = None,
+                      estop_wired: bool = False) -> "ServoNode":
+        """``raw``: the node's settings (the e-stop file and the safe-state settings); None = defaults."""
         calibration = Calibration.load(settings.calibration)
         lower, upper = calibration.limits_rad()
         limits = JointLimits.from_model().intersect(JointLimits(lower, upper))
         safety = SafetyFilter(limits, settings.max_step_rad, settings.watchdog_s)
         bus = ServoBus(settings.port, calibration, read_retries=settings.read_retries,
                        reply_window_ms=settings.reply_window_ms)
-        return cls(bus, safety, torque_on_start=settings.torque_on_start)
+        if raw is None:
+            raw = Settings("servo", SETTINGS, {})
+        rest = np.clip(safe_state.rest_pose_from_settings(raw), limits.lower_rad, limits.upper_rad)
+        safe = safe_state.SafeState.from_settings(raw, rest, estop_wired)
+        estop_file = EstopFile(raw["SO101_ESTOP_FILE"]) if raw["SO101_ESTOP_FILE"] else None
+        return cls(bus, safety, torque_on_start=settings.torque_on_start, safe=safe, estop_file=estop_file)
 
     # --- life cycle -----------------------------------------------------------------------------------
     def start(self) -> None:
+        """Connect, configure (torque off) and read the pose; torque waits for the first fresh goal."""
         self.bus.connect()
         self.bus.configure()
-        if self.torque_on_start:
-            self._slow_start()
-        else:
-            reading = self._full_reading()
-            self.safety.reset(reading.positions_rad, self.clock())
+        reading = self._full_reading()
+        self.safety.reset(reading.positions_rad, self.clock())
         self.started = True
-        self.log("info", f"{self.bus.port_name}: 6 servos configured, torque {'on' if self.torque_on else 'off'}, "
-                         f"pose {np.round(self.safety.last_goal_rad, 3).tolist()} rad")
+        self.log("info", f"{self.bus.port_name}: 6 servos configured, torque off until the first goal from an "
+                         f"action, pose {np.round(reading.positions_rad, 3).tolist()} rad")
 
     def _full_reading(self) -> Reading:
         for _ in range(5):
@@ -148,7 +165,17 @@ class ServoNode:
         self.bus.write_goal_steps(reading.steps)  # exactly the present steps, no rad round trip
         self.bus.set_torque(True)
         self.torque_on = True
+        self.safety.estop(False)
         self.safety.reset(reading.positions_rad, self.clock())
+        self.log("info", f"torque on, following goals from the present pose "
+                         f"{np.round(reading.positions_rad, 3).tolist()} rad (slow start)")
+
+    def _torque_off(self, why: str) -> None:
+        if self.torque_on:
+            unconfirmed = self.bus.set_torque(False)
+            self.torque_on = False
+            self.log("warning", f"{why}: torque released" + (f" (unconfirmed ids {unconfirmed})" if unconfirmed
+                                                              else ""))
 
     def shutdown(self) -> None:
         """Release torque and close the port.  Idempotent; safe from any exit path."""
@@ -171,39 +198,86 @@ class ServoNode:
         self.bus.write_goal_steps(steps)
         self.goals_written += 1
 
-    def on_goal(self, goal_rad: np.ndarray) -> list[str]:
-        """A joint goal (6,) rad from the controller -> a safe goal written to the servos."""
-        if not self.started or not self.torque_on:
-            self.events["goal_ignored_torque_off"] += 1
-            return ["goal_ignored_torque_off"]
-        safe, events = self.safety.filter(goal_rad, self.clock())
+    def on_goal(self, goal_rad: np.ndarray, fresh: bool = True) -> list[str]:
+        """A joint goal (6,) rad from the controller -> a safe goal written to the servos.  ``fresh``:
+        computed from an action (the controller's watchdog holds are not)."""
+        now = self.clock()
+        if fresh:
+            self.safe.on_fresh_goal(now)
+        if self.started and self.safe.state != safe_state.RUN:
+            self._advance(now)  # a fresh goal may start or resume the arm right now
+        if not self.started or not self.torque_on or self.safe.state != safe_state.RUN:
+            key = "goal_ignored_torque_off" if not self.torque_on else f"goal_ignored_{self.safe.state}"
+            self.events[key] += 1
+            return [key]
+        safe, events = self.safety.filter(goal_rad, now)
         self._write(safe)
         self.events.update(events)
         return events
 
     def on_estop(self, value: int) -> list[str]:
-        value = int(value)
-        if value not in (ESTOP_CLEAR, ESTOP_HOLD, ESTOP_RELEASE):
-            value = ESTOP_HOLD  # unknown -> the safe choice
+        """The e-stop input (0 clear, 1 hold, 2 release torque); the e-stop file counts as well."""
+        now = self.clock()
+        self.safe.on_estop_message(now)
+        self._estop_input = _estop_value(value)
+        return self._update_estop(now)
+
+    def on_input_closed(self, input_id: str) -> list[str]:
+        """A critical input closed for good (its node is gone): hold, then what SO101_ON_FAULT says."""
+        self.log("error", f"input {input_id!r} closed: its node is gone")
+        self.safe.on_input_closed(input_id)
+        return self._advance(self.clock())
+
+    def _update_estop(self, now: float) -> list[str]:
+        value = max(self._estop_input, self._estop_file)  # release > hold > clear: the safer one wins
         previous, self._estop = self._estop, value
         if value == previous:
             return []
-        if value in (ESTOP_HOLD, ESTOP_RELEASE):
+        self.safe.on_estop(value, now)
+        if value != ESTOP_CLEAR:
             self.safety.estop(True)
-            if value == ESTOP_RELEASE and self.torque_on:
-                unconfirmed = self.bus.set_torque(False)
-                self.torque_on = False
-                self.log("warning", f"e-stop: torque released (unconfirmed ids {unconfirmed})")
-            else:
-                self.log("warning", "e-stop: holding")
-            return ["estop_release_torque" if value == ESTOP_RELEASE else "estop_hold"]
-        # clear
-        if not self._fault_hold:
-            self.safety.estop(False)
-        if not self.torque_on and self.started:
-            self._slow_start()
-        self.log("info", "e-stop cleared")
-        return ["estop_cleared"]
+            self.log("warning", "e-stop: " + ("release torque" if value == ESTOP_RELEASE else "holding"))
+        else:
+            self.log("info", "e-stop cleared")
+        events = ["estop_release_torque" if value == ESTOP_RELEASE else "estop_hold" if value else "estop_cleared"]
+        self.events.update(events)
+        return events + (self._advance(now) if self.started else [])
+
+    def _advance(self, now: float) -> list[str]:
+        """Let the safe-state machine decide and do it; returns the events."""
+        tick_s = 0.0 if self._last_tick_s is None else now - self._last_tick_s
+        present = self.safety.last_goal_rad if self.safety.last_goal_rad is not None else self._prev.positions_rad
+        d = self.safe.step(now, present, tick_s)
+        events = []
+        if d.entered is not None:
+            events.append(f"state_{d.entered}")
+            level = "info" if d.entered == safe_state.RUN else "warning"
+            self.log(level, f"{d.entered.upper()}: {d.reason}")
+        if d.entered == safe_state.RUN:
+            if not self.torque_on:
+                if not self.torque_on_start:  # read-only monitoring: never enable torque
+                    self.safe.state = safe_state.WAIT
+                else:
+                    try:
+                        self._slow_start()
+                    except ServoBusError as e:  # no complete pose: torque stays off, try at the next goal
+                        self.safe.state = safe_state.WAIT
+                        events.append("start_refused")
+                        self.log("error", f"not starting: {e}")
+            else:  # from HOLD: restart from the present pose, never toward an old goal
+                reading = self._prev
+                self.safety.estop(False)
+                self.safety.reset(reading.positions_rad if reading is not None else present, now)
+        elif d.entered == safe_state.HOLD:
+            self.safety.estop(True)  # the filter keeps the last goal: the present pose
+        elif d.entered == safe_state.LIMP:
+            self._torque_off(d.reason)
+            if d.exit_reason:
+                self.exit_reason = d.exit_reason
+        if d.state == safe_state.PARK and d.goal_rad is not None and self.torque_on:
+            self._write(np.clip(d.goal_rad, self.safety.limits.lower_rad, self.safety.limits.upper_rad))
+        self.events.update(events)
+        return events
 
     def on_tick(self) -> tuple[np.ndarray, dict] | None:
         """Read the arm; returns (joint_state (2, 6): rad, rad/s; metadata) to publish."""
@@ -220,20 +294,17 @@ class ServoNode:
                               / (reading.stamp_s - self._prev.stamp_s))
         self._prev = reading
         events: list[str] = []
+        if self.estop_file is not None:
+            self._estop_file = self.estop_file.state()
+            events += self._update_estop(now)
         stale = now - self._last_fresh_s > self.safety.watchdog_s
-        if stale.any() and not self._fault_hold:
-            self._fault_hold = True
-            self.safety.estop(True)
-            events.append("fault_hold")
-            self.log("error", f"no reading from ids {[int(i) for i in self.bus.calibration.ids[stale]]} for "
-                              f"{self.safety.watchdog_s} s: holding the arm")
-        elif not stale.any() and self._fault_hold:
-            self._fault_hold = False
-            if self._estop == ESTOP_CLEAR:
-                self.safety.estop(False)
-            events.append("fault_cleared")
-            self.log("info", "all servos answer again")
-        if self.torque_on:
+        self.safe.set_fault("stale", f"no reading from ids {[int(i) for i in self.bus.calibration.ids[stale]]} "
+                                     f"for {self.safety.watchdog_s} s" if stale.any() else None)
+        self.safe.set_fault("overload", f"overload reported by ids {reading.overload_ids}"
+                            if reading.overload_ids else None)
+        events += self._advance(now)
+        self._last_tick_s = now
+        if self.torque_on and self.safe.state in (safe_state.RUN, safe_state.HOLD):
             hold, ev = self.safety.on_tick(reading.positions_rad, now)
             events += ev
             if hold is not None:
@@ -251,8 +322,14 @@ class ServoNode:
             "missing_ids": ",".join(str(i) for i in reading.missing_ids),
             "torque": "on" if self.torque_on else "off",
             "estop": self._estop,
-            "hold": bool(self._fault_hold or self.safety.watchdog_holding or self._estop != ESTOP_CLEAR),
+            "state": self.safe.state,
+            "hold": self.safe.state != safe_state.RUN or self.safety.watchdog_holding,
             "read_ms": round(float(reading.read_ms), 3),
             "events": ",".join(events),
         }
         return np.stack([reading.positions_rad, velocity]), meta
+
+
+def _estop_value(value) -> int:
+    value = int(value)
+    return value if value in (ESTOP_CLEAR, ESTOP_HOLD, ESTOP_RELEASE) else ESTOP_HOLD  # unknown -> safe choice

@@ -11,7 +11,10 @@ outputs) and a ``build(settings, ctx) -> Handlers`` function that makes the libr
    malformed message is reported (node, input, what was expected) and counted, never passed on; a
    failing handler is reported without killing the node, unless it keeps failing or raises
    :class:`FatalError`;
-4. always calls ``on_stop`` (stop event, closed inputs, Ctrl-C, an exception), so hardware is released.
+4. stops when an input closes for good (dora's INPUT_CLOSED: the node that fed it is gone), unless the
+   node handles that itself (``Handlers.on_closed``), so one dead node ends the whole run instead of
+   leaving the rest waiting forever;
+5. always calls ``on_stop`` (stop event, closed inputs, Ctrl-C, an exception), so hardware is released.
 
 ``main(node=None, env=None)`` of every node takes a stand-in for ``dora.Node`` and a settings mapping,
 so tests replay recorded messages through the very code dora runs.
@@ -67,6 +70,7 @@ class Handlers:
     on_stop: Callable[[], None] | None = None
     exit_code: Callable[[], int] | None = None
     schemas: Mapping[str, str] | None = None
+    on_closed: Callable[[str], None] | None = None
 
 
 class NodeContext:
@@ -86,7 +90,9 @@ class NodeContext:
         return self._node
 
     def node_config(self) -> dict:
-        return self.dora.node_config() or {}
+        """dora's config of this node (its inputs, outputs); {} from a stand-in that has none."""
+        get = getattr(self.dora, "node_config", None)
+        return (get() if get is not None else None) or {}
 
     def send(self, output_id: str, value: Any, metadata: Mapping[str, Any] | None = None) -> None:
         if output_id not in self.spec.outputs:
@@ -127,8 +133,8 @@ def run_node(spec: NodeSpec, build: Build, node: Any = None, env: Mapping[str, s
     try:
         schemas = handlers.schemas if handlers.schemas is not None else \
             {i: s for i, s in spec.inputs.items() if s is not RAW}
-        stats = run(spec.name, schemas, handlers.on_input,
-                    on_tick=handlers.on_tick, on_stop=handlers.on_stop, node=dora_node)
+        stats = run(spec.name, schemas, handlers.on_input, on_tick=handlers.on_tick, on_stop=handlers.on_stop,
+                    node=dora_node, on_closed=handlers.on_closed)
     except FatalError as e:
         logger.error(str(e))
         return e.exit_code
@@ -140,12 +146,13 @@ def run_node(spec: NodeSpec, build: Build, node: Any = None, env: Mapping[str, s
 def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Callable[[Message], None]],
         on_tick: Mapping[str, Callable[[], None]] | None = None,
         on_stop: Callable[[], None] | None = None, node: Any = None,
-        max_consecutive_errors: int = 50) -> Stats:
+        max_consecutive_errors: int = 50, on_closed: Callable[[str], None] | None = None) -> Stats:
     """The checked event loop over ``node`` (a ``dora.Node`` or anything that yields its events).
 
     ``inputs`` maps input id -> message schema name; ``on_input`` maps input id -> handler(Message).
     ``on_tick`` maps raw input ids (timers, triggers) to no-argument callbacks.  ``on_stop`` always
     runs at the end (stop event, input closed, Ctrl-C, exception) so nodes that hold hardware release it.
+    An input that closes for good ends the loop, unless ``on_closed(input_id)`` is given.
     """
     logger = logging.getLogger(f"so101_deploy.node.{node_name}")
     if node is None:
@@ -158,6 +165,12 @@ def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Callab
         for event in node:
             kind = event["type"]
             if kind == "STOP":
+                break
+            if kind == "INPUT_CLOSED":
+                if on_closed is not None:
+                    on_closed(event["id"])
+                    continue
+                logger.warning(f"input {event['id']!r} closed (the node that fed it is gone): stopping")
                 break
             if kind != "INPUT":
                 continue
