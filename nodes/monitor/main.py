@@ -23,7 +23,7 @@ def build(settings, ctx) -> Handlers:
 
     return Handlers(on_input={"image": mon.on_image, "mask": mon.on_mask, "disparity": mon.on_disparity,
                               "action": mon.on_action, "goal": mon.on_goal, "joint_state": mon.on_joint_state},
-                    on_stop=stop)
+                    on_stop=stop, on_closed=lambda input_id: None)  # report what came until the end
 
 
 def main(node=None, env=None) -> int:

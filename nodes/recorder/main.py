@@ -67,7 +67,9 @@ def build(settings, ctx) -> Handlers:
         counts = {topic: w.count for topic, w in recorder.writers.items()}
         ctx.log.info(f"recorded {counts} to {folder.resolve()}")
 
-    return Handlers(on_input={i: record(i) for i in types}, on_stop=on_stop, schemas=types)
+    # an input whose node is gone leaves the others to record until the end
+    return Handlers(on_input={i: record(i) for i in types}, on_stop=on_stop, schemas=types,
+                    on_closed=lambda input_id: None)
 
 
 def main(node=None, env=None) -> int:
