@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from so101_deploy.perception.depth import (DepthModel, DepthNode, ModelLoadError, config_from_original, depth_model_from_settings,
-                                hf_to_original, load_depth_module, lower_bound_hw, original_to_hf, v2_small_config)
+from so101_deploy.perception.depth import (DepthModel, DepthNode, ModelLoadError, depth_model_from_settings,
+                                           lower_bound_hw)
+from so101_deploy.perception.depth_checkpoint import (config_from_original, hf_to_original, load_depth_module,
+                                                      original_to_hf, v2_small_config)
 from so101_deploy.tools.fixtures import write_depth_fixtures, write_seg_checkpoint
 from so101_deploy.core.messages import decode
 from so101_deploy.core.settings import SettingError, Settings
@@ -288,7 +290,7 @@ def test_position_embeddings_are_resized_as_the_original_dinov2_code():
     tokens = torch.zeros(1, 1 + 19 * 25, 64)
     with torch.no_grad():
         native = model.backbone.embeddings.interpolate_pos_encoding(tokens, 266, 350)
-        from so101_deploy.perception.depth import use_original_pos_interpolation
+        from so101_deploy.perception.depth_checkpoint import use_original_pos_interpolation
 
         use_original_pos_interpolation(model)
         got = model.backbone.embeddings.interpolate_pos_encoding(tokens, 266, 350)

@@ -55,7 +55,7 @@ def test_servo_bus_drives_the_sim(tmp_path):
     import scservo_sdk as scs  # feetech-servo-sdk, a declared dependency: missing must fail, not skip
 
     from so101_deploy.arm.calibration import Calibration
-    from so101_deploy.sim.sim_arm import BusProcess, SimBusBridge
+    from so101_deploy.sim.sim_bus import BusProcess, SimBusBridge
     from so101_deploy.arm.sts3215 import REGISTERS
 
     cal = Calibration.example()

@@ -84,7 +84,7 @@ def write_seg_checkpoint(path, img_hw: tuple[int, int] = (480, 640), seed: int =
 def tiny_depth_module(seed: int = 0):
     from transformers import DepthAnythingForDepthEstimation
 
-    from so101_deploy.perception.depth import tiny_depth_config
+    from so101_deploy.perception.depth_checkpoint import tiny_depth_config
 
     with _seeded(seed):
         return DepthAnythingForDepthEstimation(tiny_depth_config()).eval()
@@ -94,7 +94,7 @@ def write_depth_fixtures(out_dir, seed: int = 0) -> dict[str, Path]:
     """The tiny depth model as an HF folder and as an original-format ``.pth`` of the same weights."""
     import torch
 
-    from so101_deploy.perception.depth import PREPROCESSOR_CONFIG, hf_to_original
+    from so101_deploy.perception.depth_checkpoint import PREPROCESSOR_CONFIG, hf_to_original
 
     from transformers.utils import logging as hf_logging
 

@@ -39,7 +39,7 @@ def _real_size_depth_folder(folder: Path) -> Path:
     import torch
     from transformers import DepthAnythingForDepthEstimation
 
-    from so101_deploy.perception.depth import PREPROCESSOR_CONFIG, v2_small_config
+    from so101_deploy.perception.depth_checkpoint import PREPROCESSOR_CONFIG, v2_small_config
 
     from transformers.utils import logging as hf_logging
 
