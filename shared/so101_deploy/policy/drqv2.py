@@ -27,6 +27,7 @@ action dimension says the action space: 4 = ``cartesian`` [dx, dy, dz, gripper],
 from __future__ import annotations
 
 import re
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,11 +38,13 @@ from torch import nn
 
 from so101_deploy.core.messages import ACTION_SPACES, OBS_FRAMES, OBS_SIZE, PROPRIO_DIM
 from so101_deploy.core.settings import Setting, SettingError
-from so101_deploy.policy.safe_load import TRUST_ENV, CheckpointError, load_checkpoint
+from so101_deploy.policy.safe_load import (LEGACY_NOTE, LEGACY_TRUST_ENV, TRUST_SHA256_ENV, CheckpointError,
+                                           TrustMismatchError, legacy_trust_in, load_checkpoint, parse_sha256)
 
 ENC = "encoder.convs_per_cam.0."
 ACT = "actor.actor_model."
 ACTION_SPACE_BY_DIM = {v: k for k, v in ACTION_SPACES.items()}
+_log = logging.getLogger(__name__)
 
 
 # --- architecture ---------------------------------------------------------------------------------
@@ -277,9 +280,11 @@ class LoadedPolicy:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def load_policy(path: str | Path, *, trusted: bool = False) -> LoadedPolicy:
-    """Load a snapshot / hand-off / agent-state-dict file into a CPU model (see module doc)."""
-    payload = load_checkpoint(path, trusted=trusted)
+def load_policy(path: str | Path, *, trusted_sha256: str | None = None,
+                legacy_trust_set: bool = False) -> LoadedPolicy:
+    """Load a snapshot / hand-off / agent-state-dict file into a CPU model (see module doc).
+    ``trusted_sha256``: full pickle loading of this file if it has that hash (see ``safe_load``)."""
+    payload = load_checkpoint(path, trusted_sha256=trusted_sha256, legacy_trust_set=legacy_trust_set)
     sd, fmt = canonical_state_dict(payload, str(path))
     model = build_actor(sd, str(path))
     meta = {k: payload[k] for k in ("_pretrain_step", "_main_loop_iterations", "_global_env_episode")
@@ -311,8 +316,8 @@ class PolicyRunner:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu", backend: str = "torch",
-             trusted: bool = False) -> "PolicyRunner":
-        loaded = load_policy(path, trusted=trusted)
+             trusted_sha256: str | None = None, legacy_trust_set: bool = False) -> "PolicyRunner":
+        loaded = load_policy(path, trusted_sha256=trusted_sha256, legacy_trust_set=legacy_trust_set)
         runner = cls(loaded.model, device=device, backend=backend)
         runner.loaded = loaded
         return runner
@@ -395,14 +400,30 @@ class PolicyNode:
                       latency_ms=round(latency_ms, 3))
 
 
+@dataclass(frozen=True)
+class _Sha256Setting(Setting):
+    """A str setting that must be a sha256 (64 hex digits); parsed to lowercase."""
+
+    def parse(self, node: str, raw: str | None) -> Any:
+        v = super().parse(node, raw)
+        if v is None:
+            return None
+        try:
+            return parse_sha256(v)
+        except ValueError:
+            raise SettingError(f"{node}: {self.key}={v!r} must be the sha256 of the checkpoint file, 64 hex digits "
+                               f"(as sha256sum prints)") from None
+
+
 SETTINGS = (
     Setting("SO101_POLICY_CHECKPOINT", "str", required=True,
             doc="a training snapshot (*_snapshot.pt) or the hand-off's {encoder, actor} file"),
     Setting("SO101_POLICY_BACKEND", "choice", "torch", "torch, or onnxruntime on an export of the same weights",
             choices=("torch", "onnx")),
     Setting("SO101_DEVICE", "choice", "cpu", "where the policy runs", choices=("cpu", "cuda")),
-    Setting(TRUST_ENV, "bool", False, "load the checkpoint as a full pickle (runs code in it): only for files "
-            "you made"),
+    _Sha256Setting(TRUST_SHA256_ENV, "str", None,
+                   "the sha256 of SO101_POLICY_CHECKPOINT to load it as a full pickle (runs code in it): only for "
+                   "a file you made or trust; any other file is refused"),
 )
 
 
@@ -411,11 +432,20 @@ def policy_runner_from_settings(settings) -> PolicyRunner:
     path = settings["SO101_POLICY_CHECKPOINT"]
     backend = settings["SO101_POLICY_BACKEND"]
     device = settings["SO101_DEVICE"]
-    trusted = settings[TRUST_ENV]
+    trusted_sha256 = settings[TRUST_SHA256_ENV]
+    # the retired blanket switch (a shell export, or a YAML entry: both reach the node's env) enables nothing
+    legacy = settings.is_set(LEGACY_TRUST_ENV) or legacy_trust_in()
+    if legacy:
+        _log.warning(f"{LEGACY_NOTE} It is ignored.")
     if device == "cuda" and not torch.cuda.is_available():
         raise SettingError(f"{settings.node}: SO101_DEVICE=cuda but torch sees no CUDA GPU")
     try:
-        return PolicyRunner.load(path, device=device, backend=backend, trusted=trusted)
+        return PolicyRunner.load(path, device=device, backend=backend, trusted_sha256=trusted_sha256,
+                                 legacy_trust_set=legacy)
+    except TrustMismatchError as e:
+        raise SettingError(f"{settings.node}: {TRUST_SHA256_ENV}={e.expected} does not match SO101_POLICY_CHECKPOINT="
+                           f"{path}, whose sha256 is {e.actual}: refused, nothing in it was unpickled. If this "
+                           f"file is one you trust, set '{TRUST_SHA256_ENV}: {e.actual}'.") from None
     except CheckpointError as e:
         raise SettingError(f"{settings.node}: SO101_POLICY_CHECKPOINT={path}: {e}") from None
     except (RuntimeError, ValueError) as e:  # backend/device problems (e.g. no CUDA provider for onnx)

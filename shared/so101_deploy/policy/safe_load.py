@@ -9,20 +9,34 @@ exactly what a training snapshot's OmegaConf ``cfg`` pickles into (found by savi
 typed value nodes.  These are data containers: unpickling them sets attributes, nothing else.
 The config is never resolved here, so interpolations and resolvers do not run either.
 
-``trusted=True`` (``--trust-checkpoint`` / ``SO101_POLICY_TRUSTED=1``) is the explicit opt-in to
-full pickle loading for files the user made or trusts.
+Full pickle loading (which runs whatever code the file holds) is trusted per file, never per
+process: ``trusted_sha256`` is the sha256 of the one file the user made or trusts
+(``SO101_POLICY_TRUSTED_SHA256`` in the policy node's env, or ``--trust-checkpoint``, which hashes
+the file it is given), and the file is loaded in full only if the bytes read have that very hash;
+any other file is refused before it is unpickled.  The old blanket switch ``SO101_POLICY_TRUSTED``
+enables nothing (an export left in a shell would silently trust every checkpoint a flow loads);
+when it is still set, a refusal says so.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import logging
+import os
 import pickle
 import re
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-TRUST_ENV = "SO101_POLICY_TRUSTED"
+TRUST_SHA256_ENV = "SO101_POLICY_TRUSTED_SHA256"
+LEGACY_TRUST_ENV = "SO101_POLICY_TRUSTED"  # no longer honoured: only mentioned when it is still set
+LEGACY_NOTE = (f"{LEGACY_TRUST_ENV} is set but no longer honoured: only {TRUST_SHA256_ENV} (the sha256 of "
+               f"the very file) enables full loading.")
+
+log = logging.getLogger(__name__)
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class CheckpointError(ValueError):
@@ -30,16 +44,53 @@ class CheckpointError(ValueError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint whose pickle references a global outside the allow-list."""
+    """A checkpoint whose pickle references a global outside the allow-list; the message says how to
+    trust this very file (its sha256 and the setting line)."""
 
-    def __init__(self, path: Path, global_name: str):
+    def __init__(self, path: Path, global_name: str, sha256: str, legacy_trust_set: bool = False):
         self.path = path
         self.global_name = global_name
+        self.sha256 = sha256
+        self.legacy_trust_set = legacy_trust_set
         super().__init__(
             f"{path}: refused to load: the pickle references {global_name!r}, which is not on the "
             f"allow-list of a training snapshot (tensors, OmegaConf configs, plain containers). Loading it "
-            f"could run code. If you made this file or trust its source, opt in with --trust-checkpoint "
-            f"or {TRUST_ENV}=1.")
+            f"could run code. If you made this file or trust its source, trust this very file (sha256 "
+            f"{sha256}): add the line '{TRUST_SHA256_ENV}: {sha256}' to the policy node's env in the dataflow "
+            f"YAML, or pass --trust-checkpoint to so101-deploy infer."
+            + (f" {LEGACY_NOTE}" if legacy_trust_set else ""))
+
+
+class TrustMismatchError(CheckpointError):
+    """A trusted hash was given, and the file's sha256 is another: nothing was unpickled."""
+
+    def __init__(self, path: Path, expected: str, actual: str):
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path}: refused to load: its sha256 is {actual}, but the trusted sha256 is {expected}; this is not "
+            f"the file that was trusted, and nothing in it was unpickled.")
+
+
+def parse_sha256(value: str) -> str:
+    """A sha256 as 64 lowercase hex digits; :class:`ValueError` for anything else."""
+    v = value.strip()
+    if not _SHA256_RE.fullmatch(v):
+        raise ValueError(f"{value!r} is not a sha256 (64 hex digits, as sha256sum prints)")
+    return v.lower()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a file, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def legacy_trust_in(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the retired ``SO101_POLICY_TRUSTED`` has a value in ``env`` (default: this process's)."""
+    v = (os.environ if env is None else env).get(LEGACY_TRUST_ENV)
+    return v is not None and v.strip() != ""
 
 
 def omegaconf_safe_globals() -> list[Any]:
@@ -59,21 +110,26 @@ def omegaconf_safe_globals() -> list[Any]:
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w\.]+)")
 
 
-def load_checkpoint(path: str | Path, *, trusted: bool = False, map_location: str = "cpu") -> Any:
+def load_checkpoint(path: str | Path, *, trusted_sha256: str | None = None, map_location: str = "cpu",
+                    legacy_trust_set: bool = False) -> Any:
     """``torch.load`` a checkpoint safely; raise :class:`CheckpointError` with a clear reason.
 
-    Without ``trusted`` only tensors, containers and OmegaConf configs can come out, and a file that
-    references anything else raises :class:`UnsafeCheckpointError` naming the global, before any of
-    it runs.
+    Without ``trusted_sha256`` only tensors, containers and OmegaConf configs can come out, and a file
+    that references anything else raises :class:`UnsafeCheckpointError` naming the global and the
+    file's sha256, before any of it runs.  With it, the file is hashed and, only if its sha256 equals
+    ``trusted_sha256`` (any case), unpickled in full from the very bytes hashed (one open file, so a
+    file swapped in after the check is not the one read); otherwise :class:`TrustMismatchError`.
+    ``legacy_trust_set`` (or ``SO101_POLICY_TRUSTED`` in this process's environment) only adds a note
+    to a refusal: that switch enables nothing.
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if trusted_sha256 is not None:
+        return _load_trusted(path, parse_sha256(trusted_sha256), map_location)
     try:
-        if trusted:
-            return torch.load(path, map_location=map_location, weights_only=False)
         with torch.serialization.safe_globals(omegaconf_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -82,10 +138,31 @@ def load_checkpoint(path: str | Path, *, trusted: bool = False, map_location: st
         if name and "." not in name:  # torch drops the module of builtins ("exec")
             name = "builtins." + name
         if name:
-            raise UnsafeCheckpointError(path, name) from None
+            raise UnsafeCheckpointError(path, name, file_sha256(path),
+                                        legacy_trust_set or legacy_trust_in()) from None
         raise CheckpointError(f"{path}: not a loadable checkpoint ({_first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, KeyError) as e:
-        # truncated zip, not a torch file, missing module in trusted mode...
+        # truncated zip, not a torch file...
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _load_trusted(path: Path, expected: str, map_location: str) -> Any:
+    """Full pickle loading of ``path``, only if the bytes read hash to ``expected``."""
+    import torch
+
+    try:
+        with open(path, "rb") as f:
+            actual = hashlib.file_digest(f, "sha256").hexdigest()
+            if actual != expected:
+                raise TrustMismatchError(path, expected, actual)
+            log.warning(f"{path}: loading as a full pickle, which can run code in it (trusted by its sha256 "
+                        f"{actual})")
+            f.seek(0)
+            return torch.load(f, map_location=map_location, weights_only=False)
+    except CheckpointError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError,
+            KeyError) as e:  # truncated zip, not a torch file, a module the pickle names is missing...
         raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {_first_line(e)})") from None
 
 

@@ -159,7 +159,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="Depth Anything input size, a multiple of 14 (518 = the model's own; the dataflow "
                              "uses what SO101_DEPTH_INPUT_SIZE says)")
     parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="load the policy file with full pickle (runs code in it): only for files you trust")
+                        help="load this --policy file with full pickle (runs code in it): only for a file you made "
+                             "or trust; prints its sha256, the value a dataflow's SO101_POLICY_TRUSTED_SHA256 takes")
     parser.add_argument("--disparity-interp", choices=("area", "linear"), default="area",
                         help="variant: disparity resize (training: area)")
     parser.add_argument("--normalise", choices=("frame", "crop"), default="frame",
@@ -175,7 +176,7 @@ def _fail(msg: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from so101_deploy.policy.observation import ObservationOptions
-    from so101_deploy.policy.safe_load import CheckpointError
+    from so101_deploy.policy.safe_load import TRUST_SHA256_ENV, CheckpointError, file_sha256
 
     try:
         frames = [read_frame(p) for p in args.frames]
@@ -189,9 +190,19 @@ def run(args: argparse.Namespace) -> int:
     from so101_deploy.perception.seg import SegModel
 
     # the policy first: it is the quickest to load and the likeliest to be refused
+    trusted_sha256 = None
+    if args.trust_checkpoint and args.policy.is_file():  # a missing file: the loader says so below
+        # trust this very file: the loader re-hashes the bytes it reads and refuses any other
+        try:
+            trusted_sha256 = file_sha256(args.policy)
+        except OSError as e:
+            return _fail(f"--policy {args.policy}: {e.strerror or e}")
+        print(f"so101-deploy infer: warning: --trust-checkpoint: loading {args.policy} (sha256 {trusted_sha256}) as a "
+              f"full pickle, which can run code in it; in a dataflow: '{TRUST_SHA256_ENV}: {trusted_sha256}'",
+              file=sys.stderr)
     try:
         runner = PolicyRunner.load(args.policy, device=args.device, backend=args.backend,
-                                   trusted=args.trust_checkpoint)
+                                   trusted_sha256=trusted_sha256)
     except (CheckpointError, ValueError, RuntimeError) as e:
         return _fail(f"--policy {args.policy}: {e}")
     try:
