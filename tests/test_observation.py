@@ -247,6 +247,27 @@ def test_pending_halves_do_not_pile_up(proprio):
     assert b.counters.unmatched == 20 - b.max_pending
 
 
+def test_a_restarted_camera_feeds_the_pipeline_again(proprio):
+    """A camera node restarted by dora counts frame ids from 0 again; its frames are captured later than
+    the last observation, so they are a new start (logged once, the stack restarts), not stale halves."""
+    b = builder_with_joints(proprio)
+    inputs = synthetic_inputs(3, seed=4)
+    frames = [ref_frame(*x) for x in inputs]
+    for fid, stamp, (mask, disp) in ((500, 9_000, inputs[0]), (501, 9_100, inputs[1])):
+        b.add_mask(msg("seg_mask", mask, fid, stamp, classes="real6"))
+        assert b.add_disparity(msg("disparity", disp, fid, stamp)) is not None
+    assert b.add_mask(msg("seg_mask", inputs[0][0], 500, 9_000, classes="real6")) is None  # a late half: stale
+    assert b.counters.stale == 1
+    b.add_mask(msg("seg_mask", inputs[2][0], 0, 20_000, classes="real6"))  # after the restart: id 0, newer
+    obs = b.add_disparity(msg("disparity", inputs[2][1], 0, 20_000))
+    assert obs is not None and obs.frame_id == 0
+    np.testing.assert_array_equal(obs.rgb_u8, np.stack([frames[2]] * 3))
+    assert b.counters.camera_restarts == 1 and b.counters.stale == 1
+    b.add_mask(msg("seg_mask", inputs[0][0], 1, 20_100, classes="real6"))
+    assert b.add_disparity(msg("disparity", inputs[0][1], 1, 20_100)).frame_id == 1  # and goes on
+    assert b.counters.camera_restarts == 1
+
+
 def test_no_observation_before_a_joint_state(proprio):
     proprio.reset()
     b = ObservationBuilder(ObservationOptions(), proprio)

@@ -11,7 +11,10 @@ from so101_deploy.core.messages import encode
 from so101_deploy.core.node import RAW, FatalError, Handlers, NodeSpec, StartError, run_node
 from so101_deploy.perception.camera import SETTINGS, Camera, CameraError
 
-SPEC = NodeSpec("camera", SETTINGS, inputs={"tick": RAW}, outputs=("image",))
+# `arm` (optional, any message): its only use is that it closes when the arm side is gone, so the camera
+# stops with the run instead of running on alone
+SPEC = NodeSpec("camera", SETTINGS, inputs={"tick": RAW, "arm": RAW}, outputs=("image",),
+                optional=frozenset({"arm"}))
 
 
 def build(settings, ctx) -> Handlers:
@@ -37,7 +40,7 @@ def build(settings, ctx) -> Handlers:
         ctx.log.info(f"stopped after {sent} frames (reopened {camera.reconnects} time(s), "
                      f"looped {camera.loops} time(s))")
 
-    return Handlers(on_tick={"tick": on_tick}, on_stop=on_stop)
+    return Handlers(on_tick={"tick": on_tick, "arm": lambda: None}, on_stop=on_stop)
 
 
 def main(node=None, env=None) -> int:

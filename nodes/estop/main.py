@@ -12,7 +12,8 @@ from so101_deploy.arm.estop import NAMES, SETTINGS, EstopFile
 from so101_deploy.core.messages import encode, now_ns
 from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
 
-SPEC = NodeSpec("estop", SETTINGS, inputs={"tick": RAW}, outputs=("estop",))
+# `arm` (optional, any message): its only use is that it closes when the arm side is gone
+SPEC = NodeSpec("estop", SETTINGS, inputs={"tick": RAW, "arm": RAW}, outputs=("estop",), optional=frozenset({"arm"}))
 
 
 def build(settings, ctx) -> Handlers:
@@ -27,7 +28,7 @@ def build(settings, ctx) -> Handlers:
         ctx.send("estop", *encode("estop", np.array([state], np.uint8), frame_id=count["n"], stamp_ns=now_ns()))
         count["n"] += 1
 
-    return Handlers(on_tick={"tick": tick})
+    return Handlers(on_tick={"tick": tick, "arm": lambda: None})
 
 
 def main(node=None, env=None) -> int:

@@ -19,6 +19,7 @@ min-max over the crop), ``SO101_OBS_REMAP=false`` (real ids 0-5 go in unchanged)
 from __future__ import annotations
 
 from collections import deque
+import logging
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -28,6 +29,8 @@ import numpy as np
 from so101_deploy.core.messages import OBS_FRAMES, OBS_SIZE, PROPRIO_DIM, Message, join_observation
 from so101_deploy.core.settings import Setting
 from so101_deploy.policy.proprio import VELOCITY_SOURCES
+
+logger = logging.getLogger(__name__)
 
 DISPARITY_INTERPS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 NORMALISE_MODES = ("frame", "crop")
@@ -170,6 +173,7 @@ class ObservationCounters:
     duplicate: int = 0  # a second mask/disparity for the same pending frame (the newer one is kept)
     no_joint_state: int = 0  # a complete frame before any joint state arrived
     resets: int = 0
+    camera_restarts: int = 0  # frame ids went back with newer capture times: the camera node restarted
 
     def as_meta(self) -> dict[str, int]:
         return {f"obs_{k}": int(v) for k, v in self.__dict__.items()}
@@ -200,6 +204,7 @@ class ObservationBuilder:
         self.counters = ObservationCounters()
         self._pending: dict[int, _Pending] = {}
         self._last_frame_id: int | None = None
+        self._last_stamp_ns: int | None = None
         self._images = FrameStack()
         self._low_dim = FrameStack()
 
@@ -223,8 +228,16 @@ class ObservationBuilder:
     def _add(self, msg: Message, half: str) -> Observation | None:
         fid = msg.frame_id
         if self._last_frame_id is not None and fid <= self._last_frame_id:
-            self.counters.stale += 1
-            return None
+            if msg.stamp_ns <= self._last_stamp_ns:
+                self.counters.stale += 1
+                return None
+            # an older id captured later: a restarted camera counts from 0 again; pair anew, and restart
+            # the stack (the frames before are seconds old, as after a reset)
+            self.counters.camera_restarts += 1
+            logger.warning(f"frame ids went back ({fid} after {self._last_frame_id}) with a newer capture time: "
+                           f"the camera restarted; the frame stack starts again")
+            self._last_frame_id = None
+            self.reset()
         pending = self._pending.setdefault(fid, _Pending())
         if getattr(pending, half) is not None:
             self.counters.duplicate += 1
@@ -237,7 +250,7 @@ class ObservationBuilder:
         del self._pending[fid]
         for old in [k for k in self._pending if k < fid]:
             self.counters.unmatched += self._halves(self._pending.pop(old))
-        self._last_frame_id = fid
+        self._last_frame_id, self._last_stamp_ns = fid, pending.mask.stamp_ns
         return self.build(pending.mask.data, pending.disparity.data, pending.mask.meta.get("classes", "real6"),
                           fid, pending.mask.stamp_ns)
 
