@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import so101_deploy  # noqa: F401  (first: loads Triton before any mujoco/OSMesa import, see shared/so101_deploy/core/gl.py)
+from so101_deploy.core.gl import preload_for_osmesa
+
+preload_for_osmesa()  # first: Triton before any mujoco/OSMesa import (see shared/so101_deploy/core/gl.py)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS_DIR = REPO_ROOT / "tests" / "data" / "recordings"

@@ -18,8 +18,9 @@ import pytest
 from so101_deploy.perception import camera as camera_mod
 from so101_deploy.perception.camera import EXPECTED_SOURCE, Camera, CameraError, parse_source
 from so101_deploy.core.messages import decode, encode
-from so101_deploy.core.node import SettingError, Settings
+from so101_deploy.core.settings import SettingError, Settings
 from so101_deploy.sim.synthetic import read_frame_index, render_frame, write_video
+from so101_deploy.perception.camera import SETTINGS as CAMERA_SETTINGS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -295,19 +296,19 @@ def test_unreadable_image_in_a_folder_is_skipped(image_folder):
 # --- settings, the command, the node ---------------------------------------------------------------
 
 def test_settings(image_folder):
-    cam = Camera.from_settings(Settings("camera", {"SO101_CAMERA": str(image_folder), "SO101_CAMERA_FPS": "15",
+    cam = Camera.from_settings(Settings("camera", CAMERA_SETTINGS, {"SO101_CAMERA": str(image_folder), "SO101_CAMERA_FPS": "15",
                                                    "SO101_CAMERA_LOOP": "false", "SO101_CAMERA_MAX_FRAMES": "2"}),
                                log=Logs())
     assert (cam.fps, cam.loop, cam.resize, cam.max_frames) == (15.0, False, False, 2)
-    assert Camera.from_settings(Settings("camera", {"SO101_CAMERA": "0"})).loop is False
+    assert Camera.from_settings(Settings("camera", CAMERA_SETTINGS, {"SO101_CAMERA": "0"})).loop is False
     with pytest.raises(SettingError) as info:
-        Camera.from_settings(Settings("camera", {}))
+        Camera.from_settings(Settings("camera", CAMERA_SETTINGS, {}))
     assert str(info.value) == ("camera: setting SO101_CAMERA is required (set it in the node's env in the "
                                "dataflow YAML)")
     with pytest.raises(SettingError, match=r"camera: SO101_CAMERA_FPS='fast' is not a number"):
-        Camera.from_settings(Settings("camera", {"SO101_CAMERA": "0", "SO101_CAMERA_FPS": "fast"}))
+        Camera.from_settings(Settings("camera", CAMERA_SETTINGS, {"SO101_CAMERA": "0", "SO101_CAMERA_FPS": "fast"}))
     with pytest.raises(SettingError, match=r"camera: SO101_CAMERA_RESIZE='maybe' must be true or false"):
-        Camera.from_settings(Settings("camera", {"SO101_CAMERA": "0", "SO101_CAMERA_RESIZE": "maybe"}))
+        Camera.from_settings(Settings("camera", CAMERA_SETTINGS, {"SO101_CAMERA": "0", "SO101_CAMERA_RESIZE": "maybe"}))
 
 
 def test_camera_check_command(image_folder, tmp_path, capsys):

@@ -16,7 +16,8 @@ from so101_deploy.arm.controller import (CartesianController, ControlLoop, Contr
                                      Workspace, control_loop_from_settings)
 from so101_deploy.arm.kinematics import GRIPPER_CLOSED_RAD, GRIPPER_OPEN_RAD, Kinematics
 from so101_deploy.core.messages import decode, encode
-from so101_deploy.core.node import SettingError, Settings
+from so101_deploy.arm.controller import SETTINGS as CONTROLLER_SETTINGS
+from so101_deploy.core.settings import SettingError, Settings
 from so101_deploy.arm.safety import JointLimits, SafetyFilter
 
 Q = np.array([0.0, -0.3, 0.6, math.pi / 2, math.pi / 2, 1.07])
@@ -28,7 +29,7 @@ def kin():
 
 
 def loop_of(kin, mode="auto", **env) -> ControlLoop:
-    return control_loop_from_settings(Settings("controller", {k: str(v) for k, v in env.items()}), kin)
+    return control_loop_from_settings(Settings("controller", CONTROLLER_SETTINGS, {k: str(v) for k, v in env.items()}), kin)
 
 
 # --- Cartesian controller --------------------------------------------------------------------

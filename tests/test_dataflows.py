@@ -1,6 +1,6 @@
 """Every dataflow the project ships is valid for dora 1.1 and only uses settings some node reads."""
 
-import re
+import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -10,15 +10,14 @@ import yaml
 from so101_deploy.core.dataflow import REPO_ROOT, dora_executable
 
 FLOWS = sorted(REPO_ROOT.glob("dataflow*.yml"))
-SETTING = re.compile(r"SO101_[A-Z0-9_]+")
 
 
-def _settings_read_by_code() -> set[str]:
-    names: set[str] = set()
-    for folder in ("shared", "nodes"):
-        for py in (REPO_ROOT / folder).rglob("*.py"):
-            names |= set(SETTING.findall(py.read_text()))
-    return names
+def _node_spec(script: Path):
+    """The NodeSpec a node script declares (importing it runs nothing: main() is behind __main__)."""
+    spec = importlib.util.spec_from_file_location(f"node_{script.parent.name}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SPEC
 
 
 def test_the_expected_flows_exist():
@@ -35,11 +34,22 @@ def test_dora_validate(flow: Path):
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda p: p.name)
-def test_nodes_exist_and_settings_are_known(flow: Path):
-    known = _settings_read_by_code()
+def test_nodes_exist_and_settings_are_declared(flow: Path):
+    """Every SO101_ key a flow sets is one that node declares (its NodeSpec), so none is silently unused."""
     df = yaml.safe_load(flow.read_text())
     for node in df["nodes"]:
-        assert (flow.parent / node["path"]).is_file(), f"{flow.name}: node {node['id']} path {node['path']}"
+        script = flow.parent / node["path"]
+        assert script.is_file(), f"{flow.name}: node {node['id']} path {node['path']}"
+        declared = {s.key for s in _node_spec(script).settings}
         for key in (node.get("env") or {}):
             if key.startswith("SO101_"):
-                assert key in known, f"{flow.name}: node {node['id']} sets {key}, which no node reads (typo?)"
+                assert key in declared, f"{flow.name}: node {node['id']} sets {key}, which it does not declare"
+
+
+def test_every_node_declares_what_it_reads():
+    """A node reads settings only through its declaration: no node script names a SO101_ key it does not
+    declare, and every node script has a spec named after its folder."""
+    for script in sorted((REPO_ROOT / "nodes").glob("*/main.py")):
+        spec = _node_spec(script)
+        assert spec.name == script.parent.name
+        assert len({s.key for s in spec.settings}) == len(spec.settings), f"{spec.name}: a key declared twice"

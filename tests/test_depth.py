@@ -17,9 +17,10 @@ from so101_deploy.perception.depth import (DepthModel, DepthNode, ModelLoadError
                                 hf_to_original, load_depth_module, lower_bound_hw, original_to_hf, v2_small_config)
 from so101_deploy.tools.fixtures import write_depth_fixtures, write_seg_checkpoint
 from so101_deploy.core.messages import decode
-from so101_deploy.core.node import SettingError, Settings
+from so101_deploy.core.settings import SettingError, Settings
 from so101_deploy.perception.onnx_backend import OnnxBackendError
 from so101_deploy.core.recording import read_messages
+from so101_deploy.perception.depth import SETTINGS as DEPTH_SETTINGS
 
 SIZE = 112  # small inference size for the tiny model: 480x640 -> 112x154
 
@@ -192,13 +193,13 @@ def test_frame_of_the_wrong_shape(hf_model):
 def test_settings_errors_name_the_setting(fixture_paths, tmp_path):
     missing = tmp_path / "gone"
     with pytest.raises(SettingError, match=f"SO101_DEPTH_MODEL={missing}.*does not exist"):
-        depth_model_from_settings(Settings("depth", env={"SO101_DEPTH_MODEL": str(missing)}))
+        depth_model_from_settings(Settings("depth", DEPTH_SETTINGS, {"SO101_DEPTH_MODEL": str(missing)}))
     ok = str(fixture_paths["depth_hf_dir"])
     with pytest.raises(SettingError, match="SO101_DEPTH_FP16"):
-        depth_model_from_settings(Settings("depth", env={"SO101_DEPTH_MODEL": ok, "SO101_DEPTH_FP16": "true"}))
+        depth_model_from_settings(Settings("depth", DEPTH_SETTINGS, {"SO101_DEPTH_MODEL": ok, "SO101_DEPTH_FP16": "true"}))
     with pytest.raises(SettingError, match="multiple of 14"):
-        depth_model_from_settings(Settings("depth", env={"SO101_DEPTH_MODEL": ok, "SO101_DEPTH_INPUT_SIZE": "300"}))
-    model = depth_model_from_settings(Settings("depth", env={"SO101_DEPTH_MODEL": ok, "SO101_DEPTH_INPUT_SIZE": "266"}))
+        depth_model_from_settings(Settings("depth", DEPTH_SETTINGS, {"SO101_DEPTH_MODEL": ok, "SO101_DEPTH_INPUT_SIZE": "300"}))
+    model = depth_model_from_settings(Settings("depth", DEPTH_SETTINGS, {"SO101_DEPTH_MODEL": ok, "SO101_DEPTH_INPUT_SIZE": "266"}))
     assert model.input_size == 266 and model.backend == "torch"
 
 

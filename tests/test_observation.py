@@ -18,10 +18,11 @@ from so101_deploy.core.messages import decode, encode, split_observation
 from so101_deploy.policy.observation import (ObservationBuilder, ObservationError, ObservationNode, ObservationOptions,
                                       build_frame, crop_resize, disparity_to_u8, mask_to_sim,
                                       observation_node_from_settings)
-from so101_deploy.core.node import Settings, SettingError
+from so101_deploy.core.settings import Settings, SettingError
 from so101_deploy.policy.proprio import Proprioception
 from so101_deploy.core.recording import read_recording
 from so101_deploy.sim.synthetic import render_scene
+from so101_deploy.policy.observation import SETTINGS as OBS_SETTINGS
 
 RECORDING = Path(__file__).parent / "data" / "recordings" / "obs_sim_oracle"
 
@@ -203,15 +204,15 @@ def test_variants_are_options_and_match_their_rules():
 
 
 def test_settings_choose_variants_and_reject_bad_values():
-    node = observation_node_from_settings(Settings("observation", {}))
+    node = observation_node_from_settings(Settings("observation", OBS_SETTINGS, {}))
     assert node.builder.options == ObservationOptions() and node.builder.options.is_training_default
     env = {"SO101_OBS_DISPARITY_INTERP": "linear", "SO101_OBS_NORMALISE": "crop", "SO101_OBS_REMAP": "false"}
-    opts = observation_node_from_settings(Settings("observation", env)).builder.options
+    opts = observation_node_from_settings(Settings("observation", OBS_SETTINGS, env)).builder.options
     assert opts == ObservationOptions("linear", "crop", False)
     with pytest.raises(SettingError, match="SO101_OBS_DISPARITY_INTERP"):
-        ObservationOptions.from_settings(Settings("observation", {"SO101_OBS_DISPARITY_INTERP": "cubic"}))
+        ObservationOptions.from_settings(Settings("observation", OBS_SETTINGS, {"SO101_OBS_DISPARITY_INTERP": "cubic"}))
     with pytest.raises(SettingError, match="SO101_OBS_REMAP"):
-        ObservationOptions.from_settings(Settings("observation", {"SO101_OBS_REMAP": "maybe"}))
+        ObservationOptions.from_settings(Settings("observation", OBS_SETTINGS, {"SO101_OBS_REMAP": "maybe"}))
 
 
 # --- pairing, stacking, reset --------------------------------------------------------------------

@@ -9,6 +9,7 @@ from so101_deploy.sim import scene as sim_scene
 from so101_deploy.core.messages import decode
 from so101_deploy.sim.oracle import OracleError, OracleSeg, class_of_geom, disparity_from_depth
 from so101_deploy.sim.sim_arm import SimArm, SimRunner
+from so101_deploy.sim.sim_arm import SETTINGS as SIM_SETTINGS
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,7 @@ def test_lockstep_publish_sends_a_frame_without_stepping(sim):
 
 
 def test_sim_node_settings_are_checked():
-    from so101_deploy.core.node import SettingError, Settings
+    from so101_deploy.core.settings import SettingError, Settings
     from so101_deploy.sim.sim_arm import runner_from_settings
 
     bad = [({"SO101_SIM_RENDER_EVERY": "0"}, "SO101_SIM_RENDER_EVERY"),
@@ -134,8 +135,8 @@ def test_sim_node_settings_are_checked():
             "SO101_CALIBRATION")]
     for env, match in bad:
         with pytest.raises(SettingError, match=match):
-            runner_from_settings(Settings("sim_arm", env=env))
-    runner, bus = runner_from_settings(Settings("sim_arm", env={"SO101_SIM_SEED": "4", "SO101_SIM_STEP_ON": "goal"}))
+            runner_from_settings(Settings("sim_arm", SIM_SETTINGS, env))
+    runner, bus = runner_from_settings(Settings("sim_arm", SIM_SETTINGS, {"SO101_SIM_SEED": "4", "SO101_SIM_STEP_ON": "goal"}))
     try:
         assert bus is None and runner.step_on == "goal" and runner.sim.seed == 4 and runner.episode_steps == 200
     finally:

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from so101_deploy.core.messages import decode, encode, join_observation
-from so101_deploy.core.node import SettingError, Settings
+from so101_deploy.core.settings import SettingError, Settings
 from so101_deploy.policy.drqv2 import (CheckpointError, DrQV2Actor, DrQV2Spec, PolicyNode, PolicyRunner,
                                  fixture_agent_state_dict, load_policy, policy_runner_from_settings,
                                  write_fixture_snapshots)
+from so101_deploy.policy.drqv2 import SETTINGS as POLICY_SETTINGS
 
 A = "actor.actor_model."
 
@@ -226,13 +227,13 @@ def test_policy_node_sends_the_action_of_the_observation(runner):
 
 def test_settings(fixtures):
     with pytest.raises(SettingError, match="SO101_POLICY_CHECKPOINT"):
-        policy_runner_from_settings(Settings("policy", {}))
+        policy_runner_from_settings(Settings("policy", POLICY_SETTINGS, {}))
     with pytest.raises(SettingError, match="SO101_POLICY_CHECKPOINT=.*nope.pt.*not found"):
-        policy_runner_from_settings(Settings("policy", {"SO101_POLICY_CHECKPOINT": "nope.pt"}))
+        policy_runner_from_settings(Settings("policy", POLICY_SETTINGS, {"SO101_POLICY_CHECKPOINT": "nope.pt"}))
     with pytest.raises(SettingError, match="SO101_POLICY_BACKEND"):
-        policy_runner_from_settings(Settings("policy", {"SO101_POLICY_CHECKPOINT": str(fixtures["policy_snapshot"]),
+        policy_runner_from_settings(Settings("policy", POLICY_SETTINGS, {"SO101_POLICY_CHECKPOINT": str(fixtures["policy_snapshot"]),
                                                         "SO101_POLICY_BACKEND": "tensorrt"}))
-    r = policy_runner_from_settings(Settings("policy", {"SO101_POLICY_CHECKPOINT": str(fixtures["policy_handoff"])}))
+    r = policy_runner_from_settings(Settings("policy", POLICY_SETTINGS, {"SO101_POLICY_CHECKPOINT": str(fixtures["policy_handoff"])}))
     assert r.action_space == "cartesian" and r.backend == "torch" and r.device == "cpu"
 
 

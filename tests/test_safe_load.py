@@ -11,9 +11,10 @@ import pytest
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from so101_deploy.core.node import Settings, SettingError
+from so101_deploy.core.settings import Settings, SettingError
 from so101_deploy.policy.drqv2 import policy_runner_from_settings, training_config, write_fixture_snapshots
 from so101_deploy.policy.safe_load import CheckpointError, UnsafeCheckpointError, load_checkpoint
+from so101_deploy.policy.drqv2 import SETTINGS as POLICY_SETTINGS
 
 
 class _SystemPayload:
@@ -48,7 +49,7 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, payload_class, g
     assert "--trust-checkpoint" in str(err.value) and "SO101_POLICY_TRUSTED" in str(err.value)
     # the policy node refuses it too, naming the setting
     with pytest.raises(SettingError, match="SO101_POLICY_CHECKPOINT.*refused"):
-        policy_runner_from_settings(Settings("policy", {"SO101_POLICY_CHECKPOINT": str(path)}))
+        policy_runner_from_settings(Settings("policy", POLICY_SETTINGS, {"SO101_POLICY_CHECKPOINT": str(path)}))
     assert not marker.exists()
     # the payload is live: the explicit opt-in really runs it (proves the refusal above mattered)
     load_checkpoint(path, trusted=True)

@@ -15,11 +15,13 @@ import torch.nn.functional as F
 
 from so101_deploy.tools.fixtures import write_seg_checkpoint
 from so101_deploy.core.messages import MessageError, decode, encode
-from so101_deploy.core.node import SettingError, Settings, run
+from so101_deploy.core.node import run
+from so101_deploy.core.settings import SettingError, Settings
 from so101_deploy.perception.onnx_backend import OnnxBackendError
 from so101_deploy.core.recording import read_messages
 from so101_deploy.perception.seg import (ModelLoadError, SegModel, SegNode, build_seg_module, read_seg_checkpoint,
                               seg_model_from_settings)
+from so101_deploy.perception.seg import SETTINGS as SEG_SETTINGS
 
 SMALL_HW = (64, 96)  # a small training size keeps the real architecture and the tests fast
 
@@ -232,11 +234,11 @@ def test_frame_of_the_wrong_shape(small_model, frames):
 def test_settings_errors_name_the_setting_and_the_file(tmp_path):
     missing = tmp_path / "missing.ckpt"
     with pytest.raises(SettingError, match=f"SO101_SEG_CHECKPOINT={missing}.*does not exist"):
-        seg_model_from_settings(Settings("seg", env={"SO101_SEG_CHECKPOINT": str(missing)}))
+        seg_model_from_settings(Settings("seg", SEG_SETTINGS, {"SO101_SEG_CHECKPOINT": str(missing)}))
     with pytest.raises(SettingError, match="SO101_SEG_CHECKPOINT is required"):
-        seg_model_from_settings(Settings("seg", env={}))
+        seg_model_from_settings(Settings("seg", SEG_SETTINGS, {}))
     with pytest.raises(SettingError, match="SO101_SEG_BACKEND"):
-        seg_model_from_settings(Settings("seg", env={"SO101_SEG_CHECKPOINT": "x", "SO101_SEG_BACKEND": "tensorrt"}))
+        seg_model_from_settings(Settings("seg", SEG_SETTINGS, {"SO101_SEG_CHECKPOINT": "x", "SO101_SEG_BACKEND": "tensorrt"}))
 
 
 @pytest.mark.integration

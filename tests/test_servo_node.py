@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import yaml
 
-from so101_deploy.arm.calibration import RAD_PER_STEP, Calibration
+from so101_deploy.arm.calibration import EXAMPLE_PATH, RAD_PER_STEP, Calibration
 from so101_deploy.arm.emulator import EmulatedBus
 from so101_deploy.arm.safety import JointLimits
 from so101_deploy.arm.servo_node import ServoNode, ServoSettings
+from so101_deploy.arm.servo_node import SETTINGS as SERVO_SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
-CAL_PATH = REPO / "shared" / "data" / "calibration_so101_example.json"
+CAL_PATH = EXAMPLE_PATH
 CAL = Calibration.example()
 MAX_STEP_RAD = 0.05
 IDS = [1, 2, 3, 4, 5, 6]
@@ -397,12 +398,12 @@ def test_model_limits_are_the_so101_mjcf_ranges():
 
 
 def test_settings_are_read_and_checked():
-    from so101_deploy.core.node import SettingError, Settings
+    from so101_deploy.core.settings import SettingError, Settings
 
-    s = ServoSettings.from_settings(Settings("servo", {"SO101_PORT": "/dev/ttyACM0", "SO101_CALIBRATION": "c.json",
+    s = ServoSettings.from_settings(Settings("servo", SERVO_SETTINGS, {"SO101_PORT": "/dev/ttyACM0", "SO101_CALIBRATION": "c.json",
                                                        "SO101_SERVO_WATCHDOG_S": "0.25", "SO101_TORQUE_ON_START": "0"}))
     assert (s.port, s.watchdog_s, s.torque_on_start, s.max_step_rad, s.read_retries) == \
         ("/dev/ttyACM0", 0.25, False, 0.05, 2)
     with pytest.raises(SettingError, match="SO101_MAX_STEP_RAD"):
-        ServoSettings.from_settings(Settings("servo", {"SO101_PORT": "p", "SO101_CALIBRATION": "c",
+        ServoSettings.from_settings(Settings("servo", SERVO_SETTINGS, {"SO101_PORT": "p", "SO101_CALIBRATION": "c",
                                                        "SO101_MAX_STEP_RAD": "3"}))

@@ -1,52 +1,47 @@
 """Camera node: frames of SO101_CAMERA (device, video file or image folder) as `image` messages.
 
-Inputs: `tick` (a dora timer, e.g. dora/timer/millis/33).  Output: `image` (640x480 BGR,
-frame_id from 0, stamp_ns = capture time).  Settings: SO101_CAMERA, SO101_CAMERA_FPS,
-SO101_CAMERA_LOOP, SO101_CAMERA_RESIZE, SO101_CAMERA_MAX_FRAMES (see so101_deploy.perception.camera).
+Inputs: `tick` (a dora timer polled faster than the frame rate; the node keeps SO101_CAMERA_FPS).
+Output: `image` (640x480 BGR, frame_id from 0, stamp_ns = capture time).
+Settings: so101_deploy.perception.camera.SETTINGS.
 """
 
 import sys
 
-from so101_deploy.perception.camera import Camera, CameraError
 from so101_deploy.core.messages import encode
-from so101_deploy.core.node import SettingError, Settings, log, run
+from so101_deploy.core.node import RAW, FatalError, Handlers, NodeSpec, StartError, run_node
+from so101_deploy.perception.camera import SETTINGS, Camera, CameraError
 
-NODE = "camera"
+SPEC = NodeSpec("camera", SETTINGS, inputs={"tick": RAW}, outputs=("image",))
 
 
-def main() -> int:
+def build(settings, ctx) -> Handlers:
     try:
-        camera = Camera.from_settings(Settings(NODE))
+        camera = Camera.from_settings(settings)
         camera.open()
-    except (SettingError, CameraError) as e:
-        log(NODE, "error", str(e))
-        return 2
-
-    from dora import Node
-
-    node = Node()
+    except CameraError as e:
+        raise StartError(str(e)) from None
     sent = 0
 
     def on_tick() -> None:
         nonlocal sent
         try:
             frame = camera.poll()
-        except CameraError as e:
-            # a configuration problem does not fix itself: leave with the message, not an error per tick
-            log(NODE, "error", str(e))
-            raise SystemExit(2) from None
+        except CameraError as e:  # a configuration problem does not fix itself: leave with the message
+            raise FatalError(str(e)) from None
         if frame is not None:
-            node.send_output("image", *encode("image", frame.image_bgr, frame_id=frame.frame_id,
-                                              stamp_ns=frame.stamp_ns))
+            ctx.send("image", *encode("image", frame.image_bgr, frame_id=frame.frame_id, stamp_ns=frame.stamp_ns))
             sent += 1
 
     def on_stop() -> None:
         camera.close()
-        log(NODE, "info", f"stopped after {sent} frames (reopened {camera.reconnects} time(s), "
-                          f"looped {camera.loops} time(s))")
+        ctx.log.info(f"stopped after {sent} frames (reopened {camera.reconnects} time(s), "
+                     f"looped {camera.loops} time(s))")
 
-    run(NODE, inputs={}, on_input={}, on_tick={"tick": on_tick}, on_stop=on_stop, node=node)
-    return 0
+    return Handlers(on_tick={"tick": on_tick}, on_stop=on_stop)
+
+
+def main(node=None, env=None) -> int:
+    return run_node(SPEC, build, node=node, env=env)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,34 @@
-"""Monitor node: side-by-side video (wrist view | mask | disparity) and a run report at stop."""
+"""Monitor node: side-by-side video (wrist view | mask | disparity) and a run report at stop.
 
-from dora import Node
+Inputs (all optional: wire what the flow has): ``image``, ``mask``, ``disparity``, ``action``, ``goal``,
+``joint_state``.  No outputs.  Settings: so101_deploy.tools.monitor.SETTINGS.
+"""
 
-from so101_deploy.tools.monitor import Monitor
-from so101_deploy.core.node import Settings, log, run
+import sys
+
 from so101_deploy.arm.safety import JointLimits
+from so101_deploy.core.node import Handlers, NodeSpec, run_node
+from so101_deploy.tools.monitor import SETTINGS, Monitor
 
-SCHEMAS = {"image": "image", "mask": "seg_mask", "disparity": "disparity", "action": "action",
-           "goal": "joint_goal", "joint_state": "joint_state"}
+INPUTS = {"image": "image", "mask": "seg_mask", "disparity": "disparity", "action": "action",
+          "goal": "joint_goal", "joint_state": "joint_state"}
+SPEC = NodeSpec("monitor", SETTINGS, inputs=INPUTS, optional=frozenset(INPUTS))
 
 
-def main() -> None:
-    settings = Settings("monitor")
-    mon = Monitor(settings.str("SO101_MONITOR_DIR", "artifacts/monitor"),
-                  fps=settings.float("SO101_MONITOR_FPS", 10.0, min=1.0, max=120.0),
-                  limits=JointLimits.from_model())
-    handlers = {"image": mon.on_image, "mask": mon.on_mask, "disparity": mon.on_disparity,
-                "action": mon.on_action, "goal": mon.on_goal, "joint_state": mon.on_joint_state}
+def build(settings, ctx) -> Handlers:
+    mon = Monitor(settings["SO101_MONITOR_DIR"], fps=settings["SO101_MONITOR_FPS"], limits=JointLimits.from_model())
 
     def stop() -> None:
-        rep = mon.close()
-        log("monitor", "info", f"report written to {mon.out_dir}: {rep}")
+        ctx.log.info(f"report written to {mon.out_dir}: {mon.close()}")
 
-    run("monitor", SCHEMAS, handlers, on_stop=stop, node=Node())
+    return Handlers(on_input={"image": mon.on_image, "mask": mon.on_mask, "disparity": mon.on_disparity,
+                              "action": mon.on_action, "goal": mon.on_goal, "joint_state": mon.on_joint_state},
+                    on_stop=stop)
+
+
+def main(node=None, env=None) -> int:
+    return run_node(SPEC, build, node=node, env=env)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,33 +1,42 @@
 """Observation node: pairs mask + disparity of the same camera frame, adds the proprioception and
-stacks 3 frames into the training observation (see so101_deploy.policy.observation)."""
+stacks 3 frames into the training observation (see so101_deploy.policy.observation).
 
-from dora import Node
+Inputs: ``mask`` (seg_mask), ``disparity``, ``joint_state``, optional ``reset`` (any message: the frame
+stack restarts, e.g. the sim arm's ``episode_start``).  Output: ``observation``.
+Settings: so101_deploy.policy.observation.SETTINGS and SO101_GRIPPERFRAME.
+"""
 
-from so101_deploy.core.node import Settings, log, run
-from so101_deploy.policy.observation import observation_node_from_settings
+import sys
 
-NAME = "observation"
+from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING
+from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
+from so101_deploy.policy.observation import SETTINGS, observation_node_from_settings
+
+SPEC = NodeSpec("observation", SETTINGS + (GRIPPERFRAME_SETTING,),
+                inputs={"mask": "seg_mask", "disparity": "disparity", "joint_state": "joint_state", "reset": RAW},
+                outputs=("observation",), optional=frozenset({"reset"}))
 
 
-def main() -> None:
-    obs = observation_node_from_settings(Settings(NAME))
+def build(settings, ctx) -> Handlers:
+    obs = observation_node_from_settings(settings)
     if not obs.builder.options.is_training_default:
-        log(NAME, "warn", f"observation differs from training's: {obs.builder.options}")
-    node = Node()
+        ctx.log.warning(f"observation differs from training's: {obs.builder.options}")
 
     def send(encoded) -> None:
         if encoded is not None:
-            node.send_output("observation", *encoded)
+            ctx.send("observation", *encoded)
 
     def stop() -> None:
-        log(NAME, "info", f"counters: {obs.builder.counters}, proprio: {obs.builder.proprio.counters}")
+        ctx.log.info(f"counters: {obs.builder.counters}, proprio: {obs.builder.proprio.counters}")
 
-    run(NAME, {"mask": "seg_mask", "disparity": "disparity", "joint_state": "joint_state"},
-        {"mask": lambda m: send(obs.on_mask(m)), "disparity": lambda m: send(obs.on_disparity(m)),
-         "joint_state": obs.on_joint_state},
-        on_tick={"reset": obs.reset},  # any message on the optional `reset` input starts a new stack
-        on_stop=stop, node=node)
+    return Handlers(on_input={"mask": lambda m: send(obs.on_mask(m)), "disparity": lambda m: send(obs.on_disparity(m)),
+                              "joint_state": obs.on_joint_state},
+                    on_tick={"reset": obs.reset}, on_stop=stop)
+
+
+def main(node=None, env=None) -> int:
+    return run_node(SPEC, build, node=node, env=env)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,19 +1,26 @@
 """Recorder node: writes every input message to a recording folder that tests replay.
 
-Settings: SO101_RECORD_DIR (required; one `<input id>.arrow` per input, see so101_deploy.core.recording)
-and SO101_RECORD_TYPES (`input_id=schema,...`, e.g. `image=image,mask=seg_mask`; an input not
-listed is recorded with the schema of its own name).  Every message is validated with its schema
-before it is written; a rejected message is reported and not written.  Counts are printed at stop.
+Inputs: any, as wired in the YAML; each is recorded to `<input id>.arrow` (see so101_deploy.core.recording)
+after it is validated with its message schema (a rejected message is reported and not written).
+Settings: SO101_RECORD_DIR (required) and SO101_RECORD_TYPES (`input_id=schema,...`, e.g.
+`image=image,mask=seg_mask`; an input not listed is recorded with the schema of its own name).
+Counts are printed at stop.
 """
 
 import sys
 from pathlib import Path
 
 from so101_deploy.core.messages import SCHEMAS, Message
-from so101_deploy.core.node import SettingError, Settings, log, run
+from so101_deploy.core.node import Handlers, NodeSpec, SettingError, run_node
 from so101_deploy.core.recording import Recorder
+from so101_deploy.core.settings import Setting
 
 NODE = "recorder"
+SETTINGS = (
+    Setting("SO101_RECORD_DIR", "str", required=True, doc="the recording folder (one <input id>.arrow per input)"),
+    Setting("SO101_RECORD_TYPES", "str", "", "input_id=schema,... for inputs not named after their schema"),
+)
+SPEC = NodeSpec(NODE, SETTINGS)  # inputs: whatever the YAML wires (read from dora's node config)
 
 
 def parse_record_types(text: str | None, input_ids: list[str]) -> dict[str, str]:
@@ -41,22 +48,14 @@ def parse_record_types(text: str | None, input_ids: list[str]) -> dict[str, str]
     return types
 
 
-def main() -> int:
-    from dora import Node
-
-    node = Node()
-    settings = Settings(NODE)
-    try:
-        folder = Path(settings.str("SO101_RECORD_DIR", required=True))
-        input_ids = sorted((node.node_config() or {}).get("inputs", {}))
-        if not input_ids:
-            raise SettingError(f"{NODE}: the node has no inputs in the dataflow YAML; nothing to record")
-        types = parse_record_types(settings.str("SO101_RECORD_TYPES", ""), input_ids)
-    except SettingError as e:
-        log(NODE, "error", str(e))
-        return 2
+def build(settings, ctx) -> Handlers:
+    folder = Path(settings["SO101_RECORD_DIR"])
+    input_ids = sorted(ctx.node_config().get("inputs", {}))
+    if not input_ids:
+        raise SettingError(f"{NODE}: the node has no inputs in the dataflow YAML; nothing to record")
+    types = parse_record_types(settings["SO101_RECORD_TYPES"], input_ids)
     recorder = Recorder(folder)
-    log(NODE, "info", f"recording {types} to {folder.resolve()}")
+    ctx.log.info(f"recording {types} to {folder.resolve()}")
 
     def record(input_id: str):
         def handler(msg: Message) -> None:
@@ -66,12 +65,13 @@ def main() -> int:
     def on_stop() -> None:
         recorder.close()
         counts = {topic: w.count for topic, w in recorder.writers.items()}
-        log(NODE, "info", f"recorded {counts} to {folder.resolve()}")
+        ctx.log.info(f"recorded {counts} to {folder.resolve()}")
 
-    stats = run(NODE, inputs=types, on_input={i: record(i) for i in types}, on_stop=on_stop, node=node)
-    if stats.rejected or stats.errors:
-        log(NODE, "warning", f"{stats.rejected} message(s) rejected, {stats.errors} error(s); not recorded")
-    return 0
+    return Handlers(on_input={i: record(i) for i in types}, on_stop=on_stop, schemas=types)
+
+
+def main(node=None, env=None) -> int:
+    return run_node(SPEC, build, node=node, env=env)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""so101-deploy: the pick-101 seg+depth DrQ-v2 policy on a real SO-101 arm, as a dora-rs dataflow."""
+"""so101-deploy: the pick-101 seg+depth DrQ-v2 policy on a real SO-101 arm, as a dora-rs dataflow.
 
-from so101_deploy.core.gl import preload_for_osmesa as _preload_for_osmesa
+Layers, imports running one way only (tests/test_layers.py checks it):
+``core`` <- ``perception``, ``arm`` <- ``policy`` <- ``sim`` <- ``tools``.
+"""
 
 __version__ = "0.1.0"
-
-# Must run before anything imports mujoco: see gl.py (OSMesa + a later Triton import segfaults).
-_preload_for_osmesa()

@@ -15,13 +15,16 @@ import numpy as np
 from dora import Node
 
 from so101_deploy.core.messages import decode, encode, now_ns
-from so101_deploy.core.node import Settings
+from so101_deploy.core.settings import Setting, Settings
 
-s = Settings("goal_source")
-out_path = s.str("SO101_TEST_OUT", required=True)
-pattern = s.choice("SO101_GOAL_PATTERN", "wave", ("wave", "hold"))
-stop_after_s = s.float("SO101_GOAL_STOP_AFTER_S", 1e9)
-estop_at_s = s.float("SO101_ESTOP_AT_S", -1.0)
+s = Settings("goal_source", (Setting("SO101_TEST_OUT", "str", required=True),
+                             Setting("SO101_GOAL_PATTERN", "choice", "wave", choices=("wave", "hold")),
+                             Setting("SO101_GOAL_STOP_AFTER_S", "float", 1e9),
+                             Setting("SO101_ESTOP_AT_S", "float", -1.0)))
+out_path = s["SO101_TEST_OUT"]
+pattern = s["SO101_GOAL_PATTERN"]
+stop_after_s = s["SO101_GOAL_STOP_AFTER_S"]
+estop_at_s = s["SO101_ESTOP_AT_S"]
 
 node = Node()
 t0 = None

@@ -8,13 +8,15 @@ Waits SO101_SOURCE_START_TICKS ticks first so that slow-starting receivers are u
 
 from dora import Node
 
-from so101_deploy.core.node import Settings
 from so101_deploy.core.recording import iter_messages
+from so101_deploy.core.settings import Setting, Settings
 
-s = Settings("recording_source")
-folder = s.str("SO101_SOURCE_DIR", required=True)
-order = [t for t in (s.str("SO101_SOURCE_ORDER", "") or "").split(",") if t]
-start_ticks = s.int("SO101_SOURCE_START_TICKS", 0, min=0)
+s = Settings("recording_source", (Setting("SO101_SOURCE_DIR", "str", required=True),
+                                  Setting("SO101_SOURCE_ORDER", "str", ""),
+                                  Setting("SO101_SOURCE_START_TICKS", "int", 0, min=0)))
+folder = s["SO101_SOURCE_DIR"]
+order = [t for t in s["SO101_SOURCE_ORDER"].split(",") if t]
+start_ticks = s["SO101_SOURCE_START_TICKS"]
 
 from pathlib import Path  # noqa: E402
 

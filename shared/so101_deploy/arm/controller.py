@@ -34,6 +34,7 @@ import numpy as np
 
 from so101_deploy.arm.kinematics import N_ARM, Kinematics, gripper_action_to_rad
 from so101_deploy.core.messages import ACTION_SPACES, JOINT_NAMES, N_JOINTS
+from so101_deploy.core.settings import Setting, SettingError
 from so101_deploy.arm.safety import JointLimits, SafetyFilter
 
 WRIST_ROLL = JOINT_NAMES.index("wrist_roll")
@@ -282,11 +283,30 @@ def limits_with_calibration(kin: Kinematics, calibration_path: str | None) -> Jo
     return limits
 
 
-def _float_list(settings, key: str, default: str) -> np.ndarray:
-    """A setting that is one number (all joints) or one per joint, comma separated."""
-    from so101_deploy.core.node import SettingError
+SETTINGS = (
+    Setting("SO101_CONTROL_MODE", "choice", "auto", "auto (from the action's space), cartesian (4-D) or "
+            "joint_delta (6-D)", choices=MODES),
+    Setting("SO101_CALIBRATION", "str", None, "the arm's LeRobot calibration JSON: its ranges tighten the joint "
+            "limits"),
+    Setting("SO101_MAX_STEP_RAD", "str", DEFAULT_MAX_STEP_RAD, "largest change of a goal per step (rad): one "
+            "number or one per joint, comma separated"),
+    Setting("SO101_WATCHDOG_S", "float", 0.5, "no action for this long -> hold the present pose", min=0.02, max=10.0),
+    Setting("SO101_SLOW_START_S", "float", 1.0, "ramp from the present pose at start and after a hold",
+            min=0.0, max=30.0),
+    Setting("SO101_ACTION_SCALE_M", "float", 0.02, "Cartesian target move per unit of action (m)", min=0.001,
+            max=0.1),
+    Setting("SO101_IK_GAIN", "float", 0.5, "fraction of the IK step applied per action (training: 0.5)",
+            min=0.01, max=1.0),
+    Setting("SO101_LOCK_WRIST", "bool", False, "hold wrist_roll at SO101_WRIST_LOCK_RAD"),
+    Setting("SO101_WRIST_LOCK_RAD", "float", math.pi / 2, "wrist_roll angle when locked (within its joint range)"),
+    Setting("SO101_JOINT_DELTA_SCALE_RAD", "str", "0.05", "joint-delta mode: rad per unit of action, one number "
+            "or one per joint"),
+)
 
-    raw = settings.str(key, default)
+
+def _float_list(settings, key: str) -> np.ndarray:
+    """A setting that is one number (all joints) or one per joint, comma separated."""
+    raw = settings[key]
     try:
         values = np.array([float(x) for x in raw.split(",")], dtype=np.float64)
     except ValueError:
@@ -299,22 +319,21 @@ def _float_list(settings, key: str, default: str) -> np.ndarray:
 
 
 def control_loop_from_settings(settings, kin: Kinematics | None = None) -> ControlLoop:
-    """Build the controller node's logic from its settings (see nodes/controller/main.py)."""
-    from so101_deploy.core.node import SettingError
-
+    """Build the controller node's logic from its settings (:data:`SETTINGS`)."""
     kin = kin if kin is not None else Kinematics()
     try:
-        limits = limits_with_calibration(kin, settings.str("SO101_CALIBRATION"))
+        limits = limits_with_calibration(kin, settings["SO101_CALIBRATION"])
     except (ValueError, OSError) as e:
         raise SettingError(f"{settings.node}: SO101_CALIBRATION: {e}") from e
-    safety = SafetyFilter(limits, _float_list(settings, "SO101_MAX_STEP_RAD", DEFAULT_MAX_STEP_RAD),
-                          settings.float("SO101_WATCHDOG_S", 0.5, min=0.02, max=10.0),
-                          slow_start_s=settings.float("SO101_SLOW_START_S", 1.0, min=0.0, max=30.0))
-    cartesian = CartesianController(
-        kin, action_scale_m=settings.float("SO101_ACTION_SCALE_M", 0.02, min=0.001, max=0.1),
-        gain=settings.float("SO101_IK_GAIN", 0.5, min=0.01, max=1.0),
-        lock_wrist=settings.bool("SO101_LOCK_WRIST", False),
-        wrist_lock_rad=settings.float("SO101_WRIST_LOCK_RAD", math.pi / 2, min=float(kin.lower_rad[WRIST_ROLL]),
-                                      max=float(kin.upper_rad[WRIST_ROLL])))
-    joint_delta = JointDeltaController(_float_list(settings, "SO101_JOINT_DELTA_SCALE_RAD", "0.05"))
-    return ControlLoop(safety, cartesian, joint_delta, mode=settings.choice("SO101_CONTROL_MODE", "auto", MODES))
+    wrist_lo, wrist_hi = float(kin.lower_rad[WRIST_ROLL]), float(kin.upper_rad[WRIST_ROLL])
+    wrist_lock_rad = settings["SO101_WRIST_LOCK_RAD"]
+    if not wrist_lo <= wrist_lock_rad <= wrist_hi:
+        raise SettingError(f"{settings.node}: SO101_WRIST_LOCK_RAD={wrist_lock_rad!r} must be in "
+                           f"[{wrist_lo}, {wrist_hi}]")
+    safety = SafetyFilter(limits, _float_list(settings, "SO101_MAX_STEP_RAD"), settings["SO101_WATCHDOG_S"],
+                          slow_start_s=settings["SO101_SLOW_START_S"])
+    cartesian = CartesianController(kin, action_scale_m=settings["SO101_ACTION_SCALE_M"],
+                                    gain=settings["SO101_IK_GAIN"], lock_wrist=settings["SO101_LOCK_WRIST"],
+                                    wrist_lock_rad=wrist_lock_rad)
+    joint_delta = JointDeltaController(_float_list(settings, "SO101_JOINT_DELTA_SCALE_RAD"))
+    return ControlLoop(safety, cartesian, joint_delta, mode=settings["SO101_CONTROL_MODE"])

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from so101_deploy.core.settings import Setting
+
 CLEAR, HOLD, RELEASE = 0, 1, 2
+SETTINGS = (Setting("SO101_ESTOP_FILE", "str", "/tmp/so101.estop", "the e-stop file: present = hold, "
+                    "'release' in it = release torque, absent = clear"),)
 NAMES = {CLEAR: "clear", HOLD: "hold", RELEASE: "release torque"}
 
 

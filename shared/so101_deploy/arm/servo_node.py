@@ -18,8 +18,8 @@ again.  Torque is released by :meth:`ServoNode.shutdown`, which the node calls o
 from __future__ import annotations
 
 import collections
+import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -28,11 +28,27 @@ import numpy as np
 
 from so101_deploy.arm.calibration import Calibration
 from so101_deploy.core.messages import N_JOINTS
-from so101_deploy.core.node import Settings
+from so101_deploy.core.log import leveled
+from so101_deploy.core.settings import Setting, Settings
 from so101_deploy.arm.safety import JointLimits, SafetyFilter
 from so101_deploy.arm.servo_bus import Reading, ServoBus, ServoBusError
 
 ESTOP_CLEAR, ESTOP_HOLD, ESTOP_RELEASE = 0, 1, 2
+
+SETTINGS = (
+    Setting("SO101_PORT", "str", required=True, doc="the bus adapter, e.g. /dev/ttyACM0"),
+    Setting("SO101_CALIBRATION", "str", required=True, doc="the arm's LeRobot calibration JSON"),
+    Setting("SO101_SERVO_WATCHDOG_S", "float", 0.5, "no fresh goal (or reading) for this long -> hold the "
+            "present pose", min=0.02, max=10.0),
+    Setting("SO101_SERVO_READ_RETRIES", "int", 2, "retries of a failed sync read per tick", min=0, max=10),
+    Setting("SO101_MAX_STEP_RAD", "float", 0.05, "largest change of a written goal per write (rad)",
+            min=0.001, max=0.5),
+    Setting("SO101_TORQUE_ON_START", "bool", True, "false: read-only monitoring, torque stays off"),
+    Setting("SO101_SERVO_REPLY_WINDOW_MS", "float", 50.0, "how long to wait for a servo's reply", min=1.0,
+            max=1000.0),
+    Setting("SO101_PORT_WAIT_S", "float", 5.0, "how long to wait for the port to appear at start", min=0.0,
+            max=600.0),
+)
 
 
 @dataclass
@@ -48,14 +64,11 @@ class ServoSettings:
 
     @classmethod
     def from_settings(cls, s: Settings) -> "ServoSettings":
-        return cls(port=s.str("SO101_PORT", required=True),
-                   calibration=s.str("SO101_CALIBRATION", required=True),
-                   watchdog_s=s.float("SO101_SERVO_WATCHDOG_S", 0.5, min=0.02, max=10.0),
-                   read_retries=s.int("SO101_SERVO_READ_RETRIES", 2, min=0, max=10),
-                   max_step_rad=s.float("SO101_MAX_STEP_RAD", 0.05, min=0.001, max=0.5),
-                   torque_on_start=s.bool("SO101_TORQUE_ON_START", True),
-                   reply_window_ms=s.float("SO101_SERVO_REPLY_WINDOW_MS", 50.0, min=1.0, max=1000.0),
-                   port_wait_s=s.float("SO101_PORT_WAIT_S", 5.0, min=0.0, max=600.0))
+        """From the node's settings (:data:`SETTINGS`)."""
+        return cls(port=s["SO101_PORT"], calibration=s["SO101_CALIBRATION"], watchdog_s=s["SO101_SERVO_WATCHDOG_S"],
+                   read_retries=s["SO101_SERVO_READ_RETRIES"], max_step_rad=s["SO101_MAX_STEP_RAD"],
+                   torque_on_start=s["SO101_TORQUE_ON_START"], reply_window_ms=s["SO101_SERVO_REPLY_WINDOW_MS"],
+                   port_wait_s=s["SO101_PORT_WAIT_S"])
 
 
 def wait_for_port(port: str, timeout_s: float, poll_s: float = 0.1) -> bool:
@@ -73,8 +86,7 @@ def wait_for_port(port: str, timeout_s: float, poll_s: float = 0.1) -> bool:
     return True
 
 
-def _log(level: str, msg: str) -> None:
-    print(f"[servo] {level}: {msg}", file=sys.stderr if level != "info" else sys.stdout, flush=True)
+_log = leveled(logging.getLogger(__name__))
 
 
 class ServoNode:

@@ -3,9 +3,10 @@
 On a CPU machine MuJoCo renders through OSMesa (``MUJOCO_GL=osmesa``), whose llvmpipe loads its own
 LLVM.  If Triton (pulled in by torch/torchvision, e.g. when timm is imported) is loaded *after*
 that -- and ``import mujoco`` with ``MUJOCO_GL=osmesa`` is enough to load it -- the process
-segfaults inside Triton's import; loaded before, both work.  The package's ``__init__`` calls
-:func:`preload_for_osmesa`, so every node, command and test loads Triton first (~0.3 s) on
-machines that render through OSMesa.
+segfaults inside Triton's import; loaded before, both work.  ``so101_deploy.tools``
+(the commands, which may load both) and the test suite call :func:`preload_for_osmesa` first (~0.3 s
+on machines that render through OSMesa); nodes load at most one of the two and stay free of Triton.
+Other code that imports mujoco and then torch must call it before mujoco is imported.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def will_use_osmesa() -> bool:
 
 def preload_for_osmesa() -> None:
     """Load Triton (when installed) before OSMesa's LLVM, so a later torch/timm import cannot crash."""
+    if "mujoco" in sys.modules:  # too late: importing Triton now is what crashes; leave it to torch
+        return
     if will_use_osmesa() and importlib.util.find_spec("triton") is not None:
         import triton  # noqa: F401
 

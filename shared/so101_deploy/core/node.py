@@ -1,86 +1,98 @@
-"""What every dora node shares: settings from the node's ``env``, and a checked event loop.
+"""The one way every dora node starts and runs.
 
-A node's ``main.py`` is thin: it builds its logic object from :class:`Settings` and hands
-callbacks to :func:`run`.  ``run`` decodes each input with its declared message schema, so a
-malformed message is reported (node, input, what was expected) and counted, never passed on,
-and a failing callback is reported without killing the node unless it is fatal.
+A node's ``main.py`` declares a :class:`NodeSpec` (name, settings, inputs with their message schemas,
+outputs) and a ``build(settings, ctx) -> Handlers`` function that makes the library object, then calls
+:func:`run_node`.  ``run_node``:
+
+1. routes :mod:`logging` to ``[node] level: message`` lines (:mod:`so101_deploy.core.log`);
+2. parses every declared setting, then builds the node: a bad setting, a missing file or an absent
+   device (:class:`SettingError`, :class:`StartError`) is one line and exit code 2, never a traceback;
+3. runs the checked event loop (:func:`run`): each input is decoded with its declared schema, so a
+   malformed message is reported (node, input, what was expected) and counted, never passed on; a
+   failing handler is reported without killing the node, unless it keeps failing or raises
+   :class:`FatalError`;
+4. always calls ``on_stop`` (stop event, closed inputs, Ctrl-C, an exception), so hardware is released.
+
+``main(node=None, env=None)`` of every node takes a stand-in for ``dora.Node`` and a settings mapping,
+so tests replay recorded messages through the very code dora runs.
 """
 
 from __future__ import annotations
 
-import os
-import sys
+import logging
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from so101_deploy.core import log as _log
 from so101_deploy.core.messages import Message, MessageError, decode
+from so101_deploy.core.settings import Setting, SettingError, Settings  # noqa: F401  (re-exported)
+
+RAW = None  # an input handled without decoding: a dora timer, or a trigger whose content is ignored
 
 
-class SettingError(ValueError):
-    """A node setting (an ``env`` entry in the dataflow YAML) that is missing or malformed."""
+class StartError(RuntimeError):
+    """The node cannot start (a missing checkpoint, an absent port or camera): one line, exit 2."""
 
 
-class Settings:
-    """Typed access to a node's settings (dora passes the YAML ``env`` as environment variables)."""
+class FatalError(RuntimeError):
+    """Raised by a handler when carrying on makes no sense (e.g. the camera's source is gone for good):
+    the loop ends, ``on_stop`` runs and the node exits with ``exit_code``."""
 
-    def __init__(self, node: str, env: Mapping[str, str] | None = None):
-        self.node = node
-        self.env = os.environ if env is None else env
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
-    def _raw(self, key: str) -> str | None:
-        v = self.env.get(key)
-        return None if v is None or v.strip() == "" else v.strip()
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
-        v = self._raw(key)
-        if v is None:
-            if required:
-                raise SettingError(f"{self.node}: setting {key} is required (set it in the node's env in the "
-                                   f"dataflow YAML)")
-            return default
-        return v
+@dataclass(frozen=True)
+class NodeSpec:
+    """What a node is: its name, the settings it reads, its inputs (id -> message schema, or
+    :data:`RAW` for timers and triggers) and its outputs.  ``optional`` inputs may be left unwired."""
 
-    def float(self, key: str, default: float, *, min: float | None = None, max: float | None = None) -> float:
-        v = self._raw(key)
-        if v is None:
-            return default
-        try:
-            x = float(v)
-        except ValueError:
-            raise SettingError(f"{self.node}: {key}={v!r} is not a number") from None
-        if x != x or (min is not None and x < min) or (max is not None and x > max):
-            raise SettingError(f"{self.node}: {key}={v!r} must be in [{min}, {max}]")
-        return x
+    name: str
+    settings: tuple[Setting, ...] = ()
+    inputs: Mapping[str, str | None] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
+    optional: frozenset[str] = frozenset()
 
-    def int(self, key: str, default: int, *, min: int | None = None, max: int | None = None) -> int:
-        v = self._raw(key)
-        if v is None:
-            return default
-        try:
-            x = int(v)
-        except ValueError:
-            raise SettingError(f"{self.node}: {key}={v!r} is not an integer") from None
-        if (min is not None and x < min) or (max is not None and x > max):
-            raise SettingError(f"{self.node}: {key}={v!r} must be in [{min}, {max}]")
-        return x
 
-    def bool(self, key: str, default: bool) -> bool:
-        v = self._raw(key)
-        if v is None:
-            return default
-        if v.lower() in ("1", "true", "yes", "on"):
-            return True
-        if v.lower() in ("0", "false", "no", "off"):
-            return False
-        raise SettingError(f"{self.node}: {key}={v!r} must be true or false")
+@dataclass
+class Handlers:
+    """What ``build`` returns: a callback per input (decoded inputs get a :class:`Message`, raw ones
+    nothing), and what to do at stop (always called).  ``exit_code`` is read after the loop.  ``schemas``
+    (input id -> message schema) is for a node whose inputs come from the YAML (the recorder)."""
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        v = self._raw(key) or default
-        if v not in choices:
-            raise SettingError(f"{self.node}: {key}={v!r} must be one of {list(choices)}")
-        return v
+    on_input: Mapping[str, Callable[[Message], None]] = field(default_factory=dict)
+    on_tick: Mapping[str, Callable[[], None]] = field(default_factory=dict)
+    on_stop: Callable[[], None] | None = None
+    exit_code: Callable[[], int] | None = None
+    schemas: Mapping[str, str] | None = None
+
+
+class NodeContext:
+    """Given to ``build``: the node's logger, its dora node (created on first use) and ``send``."""
+
+    def __init__(self, spec: NodeSpec, node: Any = None):
+        self.spec = spec
+        self.log = logging.getLogger(f"so101_deploy.node.{spec.name}")
+        self._node = node
+
+    @property
+    def dora(self) -> Any:
+        if self._node is None:
+            from dora import Node  # imported here: building a node (loading a model) needs no dora
+
+            self._node = Node()
+        return self._node
+
+    def node_config(self) -> dict:
+        return self.dora.node_config() or {}
+
+    def send(self, output_id: str, value: Any, metadata: Mapping[str, Any] | None = None) -> None:
+        if output_id not in self.spec.outputs:
+            raise ValueError(f"{self.spec.name}: output {output_id!r} is not declared (outputs: "
+                             f"{list(self.spec.outputs)})")
+        self.dora.send_output(output_id, value, metadata)
 
 
 @dataclass
@@ -92,23 +104,50 @@ class Stats:
     last_report: float = field(default_factory=time.monotonic)
 
 
-def log(node: str, level: str, msg: str) -> None:
-    print(f"[{node}] {level}: {msg}", file=sys.stderr if level != "info" else sys.stdout, flush=True)
+Build = Callable[[Settings, NodeContext], Handlers]
 
 
-Handler = Callable[[Message], None]
+def run_node(spec: NodeSpec, build: Build, node: Any = None, env: Mapping[str, str] | None = None) -> int:
+    """Start and run one node; returns the process exit code (see the module docstring)."""
+    logger = _log.setup(spec.name)
+    settings = Settings(spec.name, spec.settings, env)
+    ctx = NodeContext(spec, node)
+    try:
+        settings.check()
+        handlers = build(settings, ctx)
+    except (SettingError, StartError) as e:
+        logger.error(str(e))
+        return 2
+    try:
+        dora_node = ctx.dora
+    except BaseException:  # not started by dora, or the daemon is gone: still release what build took
+        if handlers.on_stop is not None:
+            handlers.on_stop()
+        raise
+    try:
+        schemas = handlers.schemas if handlers.schemas is not None else \
+            {i: s for i, s in spec.inputs.items() if s is not RAW}
+        stats = run(spec.name, schemas, handlers.on_input,
+                    on_tick=handlers.on_tick, on_stop=handlers.on_stop, node=dora_node)
+    except FatalError as e:
+        logger.error(str(e))
+        return e.exit_code
+    if stats.rejected or stats.errors:
+        logger.warning(f"{stats.rejected} message(s) rejected, {stats.errors} handler error(s)")
+    return handlers.exit_code() if handlers.exit_code else 0
 
 
-def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Handler],
+def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Callable[[Message], None]],
         on_tick: Mapping[str, Callable[[], None]] | None = None,
         on_stop: Callable[[], None] | None = None, node: Any = None,
         max_consecutive_errors: int = 50) -> Stats:
-    """Run a dora node's event loop.
+    """The checked event loop over ``node`` (a ``dora.Node`` or anything that yields its events).
 
     ``inputs`` maps input id -> message schema name; ``on_input`` maps input id -> handler(Message).
-    ``on_tick`` maps timer input ids to no-argument callbacks.  ``on_stop`` always runs at the
-    end (stop event, input closed, Ctrl-C, exception) so nodes that hold hardware release it.
+    ``on_tick`` maps raw input ids (timers, triggers) to no-argument callbacks.  ``on_stop`` always
+    runs at the end (stop event, input closed, Ctrl-C, exception) so nodes that hold hardware release it.
     """
+    logger = logging.getLogger(f"so101_deploy.node.{node_name}")
     if node is None:
         from dora import Node
 
@@ -133,25 +172,17 @@ def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Handle
                 consecutive = 0
             except MessageError as e:
                 stats.rejected += 1
-                log(node_name, "error", f"input {iid!r} rejected: {e}")
+                logger.error(f"input {iid!r} rejected: {e}")
+            except (FatalError, SystemExit, KeyboardInterrupt):
+                raise
             except Exception as e:  # noqa: BLE001 - keep the node alive, report, count
                 stats.errors += 1
                 consecutive += 1
-                log(node_name, "error", f"while handling {iid!r}: {e!r}\n{traceback.format_exc(limit=3)}")
+                logger.error(f"while handling {iid!r}: {e!r}", exc_info=consecutive == 1)
                 if consecutive >= max_consecutive_errors:
-                    raise RuntimeError(f"{node_name}: {consecutive} consecutive errors, giving up") from e
+                    raise FatalError(f"{node_name}: {consecutive} consecutive errors, giving up", 1) from e
     finally:
         if on_stop is not None:
             on_stop()
     return stats
 
-
-def serve_frames(node_name: str, output_id: str, handle: Callable[[Message], tuple], node: Any = None) -> int:
-    """Run a node that answers every camera frame (input ``image``) with one message on ``output_id``;
-    ``handle`` returns what ``encode`` returns.  The perception nodes are this loop around a model."""
-    if node is None:
-        from dora import Node
-
-        node = Node()
-    run(node_name, {"image": "image"}, {"image": lambda msg: node.send_output(output_id, *handle(msg))}, node=node)
-    return 0

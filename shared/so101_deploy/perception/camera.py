@@ -22,6 +22,7 @@ What can go wrong, and what happens:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -32,12 +33,25 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from so101_deploy.core.log import leveled
+from so101_deploy.core.settings import Setting
+
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 EXPECTED_SOURCE = ("a device index like 0, a device path like /dev/video0, a video file (.mp4, .avi, ...) "
                    "or a folder of images (.png, .jpg)")
 
 Log = Callable[[str, str], None]  # (level, message)
+
+SETTINGS = (
+    Setting("SO101_CAMERA", "str", required=True, doc="device index, /dev/videoN, a video file or an image folder"),
+    Setting("SO101_CAMERA_FPS", "float", 30.0, "frames delivered per second", min=0.1, max=240.0),
+    Setting("SO101_CAMERA_LOOP", "bool", None, "restart a file or folder at its end (default: on for files and "
+            "folders, off for devices)"),
+    Setting("SO101_CAMERA_RESIZE", "bool", False, "resize frames of another size to 640x480 (INTER_AREA) instead "
+            "of refusing them"),
+    Setting("SO101_CAMERA_MAX_FRAMES", "int", 0, "stop after this many frames (0: never)", min=0),
+)
 
 
 class CameraError(RuntimeError):
@@ -186,10 +200,7 @@ class _FolderReader:
         pass
 
 
-def _default_log(level: str, message: str) -> None:
-    from so101_deploy.core.node import log
-
-    log("camera", level, message)
+_default_log = leveled(logging.getLogger(__name__))
 
 
 class Camera:
@@ -230,15 +241,10 @@ class Camera:
 
     @classmethod
     def from_settings(cls, settings, log: Log | None = None) -> "Camera":
-        """Build from a node's :class:`so101_deploy.core.node.Settings` (``SO101_CAMERA_*``)."""
-        source = parse_source(settings.str("SO101_CAMERA", required=True))
-        loop_default = not source.live
-        return cls(source,
-                   fps=settings.float("SO101_CAMERA_FPS", 30.0, min=0.1, max=240.0),
-                   loop=settings.bool("SO101_CAMERA_LOOP", loop_default),
-                   resize=settings.bool("SO101_CAMERA_RESIZE", False),
-                   max_frames=settings.int("SO101_CAMERA_MAX_FRAMES", 0, min=0),
-                   log=log)
+        """Build from a node's :class:`~so101_deploy.core.settings.Settings` (:data:`SETTINGS`)."""
+        return cls(parse_source(settings["SO101_CAMERA"]), fps=settings["SO101_CAMERA_FPS"],
+                   loop=settings["SO101_CAMERA_LOOP"], resize=settings["SO101_CAMERA_RESIZE"],
+                   max_frames=settings["SO101_CAMERA_MAX_FRAMES"], log=log)
 
     # --- opening -----------------------------------------------------------------------------
 

@@ -29,8 +29,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from so101_deploy.core.messages import Message, encode
-from so101_deploy.perception.seg import (BACKENDS, DEVICES, ModelLoadError, check_bgr_frame, check_device_setting, imagenet_normalise,
-                  load_state_strict, rgb_tensor, torch_load_plain)
+from so101_deploy.core.settings import Setting, SettingError
+from so101_deploy.perception.seg import (BACKENDS, DEVICES, MODEL_RUNTIME_SETTINGS, ModelLoadError, check_bgr_frame,
+                                         check_device_setting, imagenet_normalise, load_state_strict, rgb_tensor,
+                                         torch_load_plain)
 
 PATCH = 14
 DEFAULT_INPUT_SIZE = 518
@@ -339,7 +341,7 @@ class DepthModel:
     """Depth Anything V2 with its preprocessing, on torch (CPU/CUDA, fp16 on CUDA) or onnxruntime."""
 
     def __init__(self, module, device="cpu", backend="torch", input_size=DEFAULT_INPUT_SIZE, fp16=False,
-                 onnx_cache_dir=None, threads=None, log=None, source=""):
+                 onnx_cache_dir=None, threads=None, source=""):
         self.module = module
         self.device = device
         self.backend = backend
@@ -347,13 +349,12 @@ class DepthModel:
         self.fp16 = bool(fp16)
         self.onnx_cache_dir = onnx_cache_dir
         self.threads = threads
-        self.log = log
         self.source = source
         self._sessions: dict[tuple[int, ...], Any] = {}  # one fixed-shape export per input shape
 
     @classmethod
     def load(cls, model_path, device="cpu", backend="torch", input_size=518, fp16=False, onnx_cache_dir=None,
-             threads=None, log=None) -> "DepthModel":
+             threads=None) -> "DepthModel":
         import torch
 
         if backend not in BACKENDS:
@@ -373,7 +374,7 @@ class DepthModel:
             module.to(device)
             if fp16:
                 module.half()
-        model = cls(module, device, backend, input_size, fp16, onnx_cache_dir, threads, log, str(model_path))
+        model = cls(module, device, backend, input_size, fp16, onnx_cache_dir, threads, str(model_path))
         if backend == "onnx":
             from so101_deploy.perception.onnx_backend import _providers
 
@@ -412,7 +413,7 @@ class DepthModel:
 
             s = self._sessions[input_shape] = session_for(
                 _export_wrapper(self.module), input_shape, "depth_anything", "pixel_values", "predicted_depth",
-                cache_dir=self.onnx_cache_dir, device=self.device, threads=self.threads, log=self.log)
+                cache_dir=self.onnx_cache_dir, device=self.device, threads=self.threads)
         return s
 
     def warmup(self, frame_hw: tuple[int, int] = (480, 640)) -> None:
@@ -464,23 +465,54 @@ class DepthNode:
                       latency_ms=round(latency_ms, 3))
 
 
-def depth_model_from_settings(settings, log=None) -> DepthModel:
-    """Build the model from the node's settings; any failure names the setting and the file."""
-    from so101_deploy.core.node import SettingError
+SETTINGS = (
+    Setting("SO101_DEPTH_MODEL", "str", required=True,
+            doc="a Hugging Face Depth-Anything-V2-Small folder, or the original depth_anything_v2_vits.pth"),
+    Setting("SO101_DEPTH_BACKEND", "choice", "torch", "torch, or onnxruntime on an export of the same weights",
+            choices=BACKENDS),
+    Setting("SO101_DEPTH_INPUT_SIZE", "int", DEFAULT_INPUT_SIZE, "short side fed to the model (518: its own; "
+            "266 on a CPU)", min=PATCH, max=2048),
+    Setting("SO101_DEPTH_FP16", "bool", False, "half precision (cuda + torch only)"),
+    Setting("SO101_DEPTH_WARMUP_HW", "str", "480x640", "frame size HxW to export/run once at start, or none"),
+) + MODEL_RUNTIME_SETTINGS
 
-    path = settings.str("SO101_DEPTH_MODEL", required=True)
-    backend = settings.choice("SO101_DEPTH_BACKEND", "torch", BACKENDS)
-    device = settings.choice("SO101_DEVICE", "cpu", DEVICES)
-    size = settings.int("SO101_DEPTH_INPUT_SIZE", DEFAULT_INPUT_SIZE, min=PATCH, max=2048)
-    fp16 = settings.bool("SO101_DEPTH_FP16", False)
-    cache = settings.str("SO101_ONNX_CACHE", str(Path("~/.cache/so101-deploy/onnx")))
-    threads = settings.int("SO101_THREADS", 0, min=0) or None
+
+def depth_model_from_settings(settings) -> DepthModel:
+    """Build the model from the node's settings (:data:`SETTINGS`); any failure names the setting and
+    the file.  The warm-up (SO101_DEPTH_WARMUP_HW) is the node's: :func:`warmup_from_settings`."""
+    path = settings["SO101_DEPTH_MODEL"]
+    backend = settings["SO101_DEPTH_BACKEND"]
+    device = settings["SO101_DEVICE"]
+    size = settings["SO101_DEPTH_INPUT_SIZE"]
+    fp16 = settings["SO101_DEPTH_FP16"]
+    cache = settings["SO101_ONNX_CACHE"]
+    threads = settings["SO101_THREADS"] or None
     if fp16 and (device != "cuda" or backend != "torch"):
         raise SettingError(f"{settings.node}: SO101_DEPTH_FP16=true needs SO101_DEVICE=cuda and "
                            f"SO101_DEPTH_BACKEND=torch (got {device}, {backend})")
     check_device_setting(settings, device)
     try:
         return DepthModel.load(path, device=device, backend=backend, input_size=size, fp16=fp16,
-                               onnx_cache_dir=cache, threads=threads, log=log)
+                               onnx_cache_dir=cache, threads=threads)
     except (ModelLoadError, RuntimeError, ValueError) as e:
         raise SettingError(f"{settings.node}: SO101_DEPTH_MODEL={path}: {e}") from None
+
+
+def warmup_from_settings(model: DepthModel, settings) -> None:
+    """Export (onnx) and run the model once at SO101_DEPTH_WARMUP_HW before the first frame, so the
+    first frame is not late; a failure is a :class:`SettingError` (a retry would fail the same way)."""
+    text = settings["SO101_DEPTH_WARMUP_HW"]
+    if text.lower() == "none":
+        return
+    try:
+        hw = tuple(int(v) for v in text.lower().split("x"))
+        if len(hw) != 2 or min(hw) <= 0:
+            raise ValueError
+    except ValueError:
+        raise SettingError(f"{settings.node}: SO101_DEPTH_WARMUP_HW={text!r} must be HxW (e.g. 480x640) or none") \
+            from None
+    try:
+        model.warmup(hw)
+    except Exception as e:  # noqa: BLE001 - reported once at start
+        raise SettingError(f"{settings.node}: warm-up of SO101_DEPTH_MODEL={model.source} at {text} failed: {e}") \
+            from None

@@ -13,6 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from so101_deploy.core.messages import Message
+from so101_deploy.core.settings import Setting
+
+SETTINGS = (
+    Setting("SO101_GATE_TIMEOUT_S", "float", 2.0, "pass the next frame anyway when an answer has not come "
+            "back after this long", min=0.05, max=60.0),
+)
 
 
 @dataclass

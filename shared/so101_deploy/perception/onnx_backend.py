@@ -10,6 +10,7 @@ weights and the input shape, and :class:`OnnxSession` refuses any input of anoth
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import warnings
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 OPSET = 17
 # bump when the export itself changes (wrapper, opset, names) so stale cache files are not reused
@@ -120,16 +123,14 @@ class OnnxSession:
 
 
 def session_for(module, input_shape: Sequence[int], tag: str, input_name: str, output_name: str,
-                cache_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None,
-                log=None) -> OnnxSession:
+                cache_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> OnnxSession:
     """The session for ``module`` at ``input_shape``, exporting it into the cache when missing.
 
     A cache file that onnxruntime cannot load (truncated by a crash, say) is exported again once.
     """
     path = cache_path(cache_dir, tag, weights_digest(module), input_shape)
     if not path.exists():
-        if log:
-            log(f"exporting {tag} to ONNX at input shape {tuple(input_shape)} -> {path}")
+        logger.info(f"exporting {tag} to ONNX at input shape {tuple(input_shape)} -> {path}")
         export_onnx(module, input_shape, path, input_name, output_name)
         return OnnxSession(path, input_shape, device, threads)
     try:
@@ -137,7 +138,6 @@ def session_for(module, input_shape: Sequence[int], tag: str, input_name: str, o
     except OnnxBackendError as e:
         if "CUDAExecutionProvider" in str(e) or "device must be" in str(e):
             raise
-        if log:
-            log(f"cached {path} is unusable ({e}); exporting again")
+        logger.warning(f"cached {path} is unusable ({e}); exporting again")
         export_onnx(module, input_shape, path, input_name, output_name)
         return OnnxSession(path, input_shape, device, threads)

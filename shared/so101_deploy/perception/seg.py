@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from so101_deploy.core.messages import Message, encode
+from so101_deploy.core.settings import Setting, SettingError
 
 NUM_CLASSES = 6
 FPN_CHANNELS = 64
@@ -193,8 +194,8 @@ class SegModel:
         self.source = source
 
     @classmethod
-    def load(cls, checkpoint_path, device="cpu", backend="torch", onnx_cache_dir=None, threads=None,
-             log=None) -> "SegModel":
+    def load(cls, checkpoint_path, device="cpu", backend="torch", onnx_cache_dir=None,
+             threads=None) -> "SegModel":
         import torch
 
         if backend not in BACKENDS:
@@ -222,7 +223,7 @@ class SegModel:
             from so101_deploy.perception.onnx_backend import session_for
 
             session = session_for(module, (1, 3, *train_hw), "seg_efficientvit_b0_fpn", "pixel_values", "logits",
-                                  cache_dir=onnx_cache_dir, device=device, threads=threads, log=log)
+                                  cache_dir=onnx_cache_dir, device=device, threads=threads)
         else:
             module.to(device)
         return cls(module, num_classes, train_hw, device, backend, session, str(checkpoint_path))
@@ -295,9 +296,22 @@ class SegNode:
                       latency_ms=round(latency_ms, 3))
 
 
-def check_device_setting(settings, device: str) -> None:
-    from so101_deploy.core.node import SettingError
+# What a model node on a CPU or a GPU reads besides its checkpoint (seg and depth share them).
+MODEL_RUNTIME_SETTINGS = (
+    Setting("SO101_DEVICE", "choice", "cpu", "where the model runs", choices=DEVICES),
+    Setting("SO101_ONNX_CACHE", "str", str(Path("~/.cache/so101-deploy/onnx")),
+            "folder of the ONNX exports (one per weights and input shape)"),
+    Setting("SO101_THREADS", "int", 0, "CPU threads for the model (0: the library's default)", min=0),
+)
 
+SETTINGS = (
+    Setting("SO101_SEG_CHECKPOINT", "str", required=True, doc="the Lightning best.ckpt of training"),
+    Setting("SO101_SEG_BACKEND", "choice", "torch", "torch, or onnxruntime on an export of the same weights",
+            choices=BACKENDS),
+) + MODEL_RUNTIME_SETTINGS
+
+
+def check_device_setting(settings, device: str) -> None:
     if device == "cuda":
         import torch
 
@@ -305,17 +319,14 @@ def check_device_setting(settings, device: str) -> None:
             raise SettingError(f"{settings.node}: SO101_DEVICE=cuda but torch sees no CUDA GPU")
 
 
-def seg_model_from_settings(settings, log=None) -> SegModel:
-    """Build the model from the node's settings; any failure names the setting and the file."""
-    from so101_deploy.core.node import SettingError
-
-    path = settings.str("SO101_SEG_CHECKPOINT", required=True)
-    backend = settings.choice("SO101_SEG_BACKEND", "torch", BACKENDS)
-    device = settings.choice("SO101_DEVICE", "cpu", DEVICES)
-    cache = settings.str("SO101_ONNX_CACHE", str(Path("~/.cache/so101-deploy/onnx")))
-    threads = settings.int("SO101_THREADS", 0, min=0) or None
+def seg_model_from_settings(settings) -> SegModel:
+    """Build the model from the node's settings (:data:`SETTINGS`); any failure names the setting and
+    the file."""
+    path = settings["SO101_SEG_CHECKPOINT"]
+    device = settings["SO101_DEVICE"]
     check_device_setting(settings, device)
     try:
-        return SegModel.load(path, device=device, backend=backend, onnx_cache_dir=cache, threads=threads, log=log)
+        return SegModel.load(path, device=device, backend=settings["SO101_SEG_BACKEND"],
+                             onnx_cache_dir=settings["SO101_ONNX_CACHE"], threads=settings["SO101_THREADS"] or None)
     except (ModelLoadError, RuntimeError, ValueError) as e:
         raise SettingError(f"{settings.node}: SO101_SEG_CHECKPOINT={path}: {e}") from None

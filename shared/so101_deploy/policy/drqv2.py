@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from so101_deploy.core.messages import ACTION_SPACES, OBS_FRAMES, OBS_SIZE, PROPRIO_DIM
-from so101_deploy.policy.safe_load import CheckpointError, load_checkpoint
+from so101_deploy.core.settings import Setting, SettingError
+from so101_deploy.policy.safe_load import TRUST_ENV, CheckpointError, load_checkpoint
 
 ENC = "encoder.convs_per_cam.0."
 ACT = "actor.actor_model."
@@ -506,16 +507,23 @@ class PolicyNode:
                       latency_ms=round(latency_ms, 3))
 
 
-def policy_runner_from_settings(settings) -> PolicyRunner:
-    """``SO101_POLICY_CHECKPOINT`` (required), ``SO101_POLICY_BACKEND`` (torch|onnx),
-    ``SO101_DEVICE`` (cpu|cuda), ``SO101_POLICY_TRUSTED`` (false: safe loading)."""
-    from so101_deploy.core.node import SettingError
-    from so101_deploy.policy.safe_load import TRUST_ENV
+SETTINGS = (
+    Setting("SO101_POLICY_CHECKPOINT", "str", required=True,
+            doc="a training snapshot (*_snapshot.pt) or the hand-off's {encoder, actor} file"),
+    Setting("SO101_POLICY_BACKEND", "choice", "torch", "torch, or onnxruntime on an export of the same weights",
+            choices=("torch", "onnx")),
+    Setting("SO101_DEVICE", "choice", "cpu", "where the policy runs", choices=("cpu", "cuda")),
+    Setting(TRUST_ENV, "bool", False, "load the checkpoint as a full pickle (runs code in it): only for files "
+            "you made"),
+)
 
-    path = settings.str("SO101_POLICY_CHECKPOINT", required=True)
-    backend = settings.choice("SO101_POLICY_BACKEND", "torch", ("torch", "onnx"))
-    device = settings.choice("SO101_DEVICE", "cpu", ("cpu", "cuda"))
-    trusted = settings.bool(TRUST_ENV, False)
+
+def policy_runner_from_settings(settings) -> PolicyRunner:
+    """The policy from the node's settings (:data:`SETTINGS`); any failure names the setting and the file."""
+    path = settings["SO101_POLICY_CHECKPOINT"]
+    backend = settings["SO101_POLICY_BACKEND"]
+    device = settings["SO101_DEVICE"]
+    trusted = settings[TRUST_ENV]
     if device == "cuda" and not torch.cuda.is_available():
         raise SettingError(f"{settings.node}: SO101_DEVICE=cuda but torch sees no CUDA GPU")
     try:

@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 
 from so101_deploy.core.messages import OBS_FRAMES, OBS_SIZE, PROPRIO_DIM, Message, join_observation
+from so101_deploy.core.settings import Setting
+from so101_deploy.policy.proprio import VELOCITY_SOURCES
 
 DISPARITY_INTERPS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 NORMALISE_MODES = ("frame", "crop")
@@ -50,10 +52,9 @@ class ObservationOptions:
 
     @classmethod
     def from_settings(cls, settings) -> "ObservationOptions":
-        """From a :class:`so101_deploy.core.node.Settings` (the node's env)."""
-        return cls(disparity_interp=settings.choice("SO101_OBS_DISPARITY_INTERP", "area", tuple(DISPARITY_INTERPS)),
-                   normalise=settings.choice("SO101_OBS_NORMALISE", "frame", NORMALISE_MODES),
-                   remap=settings.bool("SO101_OBS_REMAP", True))
+        """From a node's :class:`~so101_deploy.core.settings.Settings` (:data:`SETTINGS`)."""
+        return cls(disparity_interp=settings["SO101_OBS_DISPARITY_INTERP"], normalise=settings["SO101_OBS_NORMALISE"],
+                   remap=settings["SO101_OBS_REMAP"])
 
     @property
     def is_training_default(self) -> bool:
@@ -297,13 +298,24 @@ class ObservationNode:
         self.builder.reset()
 
 
+SETTINGS = (
+    Setting("SO101_OBS_DISPARITY_INTERP", "choice", "area", "84x84 resize of the disparity: area (training) or "
+            "linear (the hand-off's)", choices=tuple(DISPARITY_INTERPS)),
+    Setting("SO101_OBS_NORMALISE", "choice", "frame", "min-max of the disparity over the full frame (training) "
+            "or after the crop (the upstream real script's)", choices=NORMALISE_MODES),
+    Setting("SO101_OBS_REMAP", "bool", True, "real 6 classes -> sim 5 with clip(id-1, 0, 4) (training)"),
+    Setting("SO101_OBS_VELOCITY", "choice", "timestamps", "joint velocities from the readings' timestamps, or "
+            "from the message's own velocities", choices=VELOCITY_SOURCES),
+    Setting("SO101_OBS_MAX_VELOCITY_GAP_S", "float", 0.5, "readings further apart than this give zero velocity",
+            min=0.001, max=10.0),
+)
+
+
 def observation_node_from_settings(settings) -> ObservationNode:
-    """``SO101_OBS_DISPARITY_INTERP`` (area|linear), ``SO101_OBS_NORMALISE`` (frame|crop),
-    ``SO101_OBS_REMAP`` (true|false), ``SO101_OBS_VELOCITY`` (timestamps|message),
-    ``SO101_OBS_MAX_VELOCITY_GAP_S`` (0.5)."""
-    from so101_deploy.policy.proprio import VELOCITY_SOURCES, Proprioception
+    """The observation node's logic from its settings (:data:`SETTINGS`)."""
+    from so101_deploy.policy.proprio import Proprioception
 
     options = ObservationOptions.from_settings(settings)
-    proprio = Proprioception(velocity_source=settings.choice("SO101_OBS_VELOCITY", "timestamps", VELOCITY_SOURCES),
-                             max_gap_s=settings.float("SO101_OBS_MAX_VELOCITY_GAP_S", 0.5, min=0.001, max=10.0))
+    proprio = Proprioception(velocity_source=settings["SO101_OBS_VELOCITY"],
+                             max_gap_s=settings["SO101_OBS_MAX_VELOCITY_GAP_S"])
     return ObservationNode(ObservationBuilder(options, proprio))

@@ -139,9 +139,9 @@ def run_scripted_episodes(episodes: int, seed: int = 0, controller_env: dict | N
     goal, safety)`` sees every goal sent (for checks); ``gripper_override`` replaces the gripper
     action (a negative control).  Each episode restarts the controller from the new reset pose.
     """
-    from so101_deploy.arm.controller import control_loop_from_settings
+    from so101_deploy.arm.controller import SETTINGS, control_loop_from_settings
     from so101_deploy.core.messages import decode, encode
-    from so101_deploy.core.node import Settings
+    from so101_deploy.core.settings import Settings
     from so101_deploy.sim.sim_arm import SimArm, SimRunner
 
     sim = SimArm()
@@ -155,7 +155,7 @@ def run_scripted_episodes(episodes: int, seed: int = 0, controller_env: dict | N
             js = next(decode("joint_state", value, meta) for oid, value, meta in runner.tick() if oid == "joint_state")
             if js.meta["episode"] != episode:
                 episode = js.meta["episode"]
-                loop = control_loop_from_settings(Settings("controller", env=dict(controller_env or {})), sim.kin)
+                loop = control_loop_from_settings(Settings("controller", SETTINGS, dict(controller_env or {})), sim.kin)
                 prev = None
             now_s = js.meta["episode_step"] * dt_s
             max_z[episode] = max(max_z.get(episode, 0.0), js.meta["cube_z_m"])

@@ -26,6 +26,7 @@ from so101_deploy.sim import scene as sim_scene
 from so101_deploy.core.gl import headless_gl_fallback
 from so101_deploy.arm.kinematics import Kinematics, gripper_action_to_rad
 from so101_deploy.core.messages import JOINT_NAMES, N_JOINTS, encode, now_ns
+from so101_deploy.core.settings import Setting, SettingError
 from so101_deploy.sim.oracle import OracleSeg, disparity_from_depth
 
 CUBE_XY_M = (0.25, 0.0)
@@ -366,19 +367,37 @@ class SimBusBridge:
         self.bus.set_present_steps({i: float(s) for i, s in zip(self.ids, steps)})
 
 
-def runner_from_settings(settings) -> tuple[SimRunner, object | None]:
-    """Build the sim arm node's logic from its settings (see nodes/sim_arm/main.py); returns
-    (runner, the started :class:`BusProcess` or None).  The caller stops the bus."""
-    from so101_deploy.core.node import SettingError
+SETTINGS = (
+    Setting("SO101_SIM_SEED", "int", 0, "seed of the first episode's reset", min=0),
+    Setting("SO101_SIM_STEP_ON", "choice", "tick", "tick: one control step per timer tick; goal: lockstep, one "
+            "control step per goal (as training)", choices=STEP_ON),
+    Setting("SO101_SIM_RENDER_EVERY", "int", 1, "render the wrist camera every N control steps", min=1),
+    Setting("SO101_SIM_CAMERA", "bool", True, "render and send the wrist camera image"),
+    Setting("SO101_SIM_ORACLE", "bool", False, "also send the simulator's own mask and disparity"),
+    Setting("SO101_SIM_BUS_LINK", "str", None, "serve the software servo bus at this path: the real servo node "
+            "then drives the sim"),
+    Setting("SO101_SIM_EPISODE_STEPS", "int", None, f"control steps per episode (0: never reset; default "
+            f"{EPISODE_STEPS}, or 0 in the bus variant)", min=0),
+    Setting("SO101_SIM_RESEND_S", "float", 1.0, "lockstep: re-send the state when no goal came for this long",
+            min=0.05, max=60.0),
+    Setting("SO101_CALIBRATION", "str", None, "bus variant: the LeRobot calibration JSON the servo node uses "
+            "(default: the shipped example)"),
+)
 
-    seed = settings.int("SO101_SIM_SEED", 0, min=0)
-    step_on = settings.choice("SO101_SIM_STEP_ON", "tick", STEP_ON)
-    render_every = settings.int("SO101_SIM_RENDER_EVERY", 1, min=1)
-    camera = settings.bool("SO101_SIM_CAMERA", True)
-    oracle = settings.bool("SO101_SIM_ORACLE", False)
-    link = settings.str("SO101_SIM_BUS_LINK")
+
+def runner_from_settings(settings) -> tuple[SimRunner, object | None]:
+    """Build the sim arm node's logic from its settings (:data:`SETTINGS`); returns
+    (runner, the started :class:`BusProcess` or None).  The caller stops the bus."""
+    seed = settings["SO101_SIM_SEED"]
+    step_on = settings["SO101_SIM_STEP_ON"]
+    render_every = settings["SO101_SIM_RENDER_EVERY"]
+    camera = settings["SO101_SIM_CAMERA"]
+    oracle = settings["SO101_SIM_ORACLE"]
+    link = settings["SO101_SIM_BUS_LINK"]
     # a real arm never teleports, so the bus variant runs one endless episode unless asked
-    episode_steps = settings.int("SO101_SIM_EPISODE_STEPS", 0 if link else EPISODE_STEPS, min=0)
+    episode_steps = settings["SO101_SIM_EPISODE_STEPS"]
+    if episode_steps is None:
+        episode_steps = 0 if link else EPISODE_STEPS
     if link and step_on == "goal":
         raise SettingError(f"{settings.node}: SO101_SIM_STEP_ON=goal needs goal messages; the bus variant "
                            f"(SO101_SIM_BUS_LINK) reads the servo bus instead: use SO101_SIM_STEP_ON=tick")
@@ -389,7 +408,7 @@ def runner_from_settings(settings) -> tuple[SimRunner, object | None]:
     if link:
         from so101_deploy.arm.calibration import Calibration
 
-        cal_path = settings.str("SO101_CALIBRATION")
+        cal_path = settings["SO101_CALIBRATION"]
         try:
             calibration = Calibration.load(cal_path) if cal_path else Calibration.example()
         except (ValueError, OSError) as e:
@@ -404,7 +423,7 @@ def runner_from_settings(settings) -> tuple[SimRunner, object | None]:
             bus.stop()
             raise
     runner.step_on = step_on
-    runner.resend_s = settings.float("SO101_SIM_RESEND_S", 1.0, min=0.05, max=60.0)
+    runner.resend_s = settings["SO101_SIM_RESEND_S"]
     return runner, bus
 
 

@@ -23,6 +23,12 @@ import cv2
 import numpy as np
 
 from so101_deploy.core.messages import Message
+from so101_deploy.core.settings import Setting
+
+SETTINGS = (
+    Setting("SO101_MONITOR_DIR", "str", "artifacts/monitor", "where the report and the video are written"),
+    Setting("SO101_MONITOR_FPS", "float", 10.0, "frame rate of the side-by-side video", min=1.0, max=120.0),
+)
 
 # BGR colours for the real 6 classes and the sim 5 classes (same semantic colour for both).
 REAL6_BGR = np.array([[0, 0, 0], [90, 90, 90], [60, 160, 200], [30, 30, 230], [230, 160, 40], [60, 220, 60]],
