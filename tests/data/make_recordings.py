@@ -1,6 +1,6 @@
 """Regenerate EVERY committed recording in tests/data/recordings/ from real ``dora run``s.
 
-    python tests/data/make_recordings.py            # all of them (about 3-4 minutes on 2 busy cores)
+    python tests/data/make_recordings.py            # all of them (about 3 minutes on 2 busy cores)
     python tests/data/make_recordings.py sim_learned estop   # only these
 
 Each recording is what the project's recorder node (nodes/recorder/main.py) wrote while a shipped
