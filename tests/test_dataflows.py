@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from so101_deploy.core.dataflow import REPO_ROOT, dora_executable
+from so101_deploy.core.dataflow import dora_executable
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 FLOWS = sorted(REPO_ROOT.glob("dataflow*.yml"))
 

@@ -1,11 +1,15 @@
 """The file e-stop: states, fail-safe reading, and the node under dora."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from so101_deploy.core.dataflow import REPO_ROOT, run_dataflow
+from so101_deploy.core.dataflow import run_dataflow
 from so101_deploy.arm.estop import CLEAR, HOLD, RELEASE, EstopFile
 from so101_deploy.core.recording import read_messages
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_states(tmp_path):

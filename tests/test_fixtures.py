@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import load_file
 
-from so101_deploy.tools.fixtures import write_depth_fixtures, write_seg_checkpoint
-
-
-def _policy_writer():
-    try:
-        from so101_deploy.policy.drqv2 import write_fixture_snapshots
-    except ImportError as e:
-        pytest.skip(f"so101_deploy.policy.drqv2.write_fixture_snapshots is not importable yet ({e})")
-    return write_fixture_snapshots
+from so101_deploy.tools.fixtures import write_depth_fixtures, write_fixture_snapshots, write_seg_checkpoint
 
 
 def test_seg_checkpoint_is_a_plain_lightning_dict(tmp_path):
@@ -42,6 +33,11 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     assert (d1["depth_hf_dir"] / "model.safetensors").read_bytes() == (d2["depth_hf_dir"] / "model.safetensors").read_bytes()
     p1, p2 = torch.load(d1["depth_pth"], weights_only=True), torch.load(d2["depth_pth"], weights_only=True)
     assert p1.keys() == p2.keys() and all(torch.equal(p1[k], p2[k]) for k in p1)
+    s1, s2, s3 = (torch.load(write_fixture_snapshots(tmp_path / name, seed=seed)["policy_snapshot"],
+                             weights_only=False)["agent"] for name, seed in (("s1", 0), ("s2", 0), ("s3", 1)))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert not torch.equal(s1["actor.actor_model.out_mlp.0.weight"], s3["actor.actor_model.out_mlp.0.weight"])
 
 
 def test_depth_files_are_the_real_formats(tmp_path):
@@ -65,7 +61,6 @@ def test_depth_files_are_the_real_formats(tmp_path):
 
 
 def test_write_fixtures_writes_every_file_and_the_cli_runs(tmp_path, capsys):
-    _policy_writer()
     from so101_deploy.tools.cli import main
     from so101_deploy.tools.fixtures import write_fixtures
     from so101_deploy.perception.seg import SegModel

@@ -11,12 +11,51 @@ from omegaconf import DictConfig
 
 from so101_deploy.core.messages import decode, encode, join_observation
 from so101_deploy.core.settings import SettingError, Settings
-from so101_deploy.policy.drqv2 import (CheckpointError, DrQV2Actor, DrQV2Spec, PolicyNode, PolicyRunner,
-                                 fixture_agent_state_dict, load_policy, policy_runner_from_settings,
-                                 write_fixture_snapshots)
+from so101_deploy.policy.drqv2 import (CheckpointError, DrQV2Actor, DrQV2Spec, PolicyNode, PolicyRunner, load_policy,
+                                       policy_runner_from_settings)
 from so101_deploy.policy.drqv2 import SETTINGS as POLICY_SETTINGS
+from so101_deploy.tools.fixtures import fixture_agent_state_dict, write_fixture_snapshots
 
 A = "actor.actor_model."
+
+# The encoder + actor keys of a real robobase DrQ-v2 snapshot's ``agent`` state dict, with their shapes
+# for pick-101's seg+depth run, written out here rather than taken from the code under test.  Sources:
+# upstream-pick101-facts.md section 3 (devlog hil-serl-so101/018 counts the keys), and robobase's module
+# attributes: EncoderCNNMultiViewDownsampleWithStrides.convs_per_cam (Conv2d, norm, activation per
+# layer), Actor.actor_model, MLPWithBottleneckFeatures.input_preprocess_modules / main_mlp / out_mlp.
+SNAPSHOT_ENCODER_ACTOR = {
+    "encoder.convs_per_cam.0.0.weight": (32, 6, 3, 3),
+    "encoder.convs_per_cam.0.0.bias": (32,),
+    "encoder.convs_per_cam.0.3.weight": (32, 32, 3, 3),
+    "encoder.convs_per_cam.0.3.bias": (32,),
+    "encoder.convs_per_cam.0.6.weight": (32, 32, 3, 3),
+    "encoder.convs_per_cam.0.6.bias": (32,),
+    "encoder.convs_per_cam.0.9.weight": (32, 32, 3, 3),
+    "encoder.convs_per_cam.0.9.bias": (32,),
+    "actor.actor_model.input_preprocess_modules.fused_view_feats.0.weight": (50, 39200),
+    "actor.actor_model.input_preprocess_modules.fused_view_feats.0.bias": (50,),
+    "actor.actor_model.input_preprocess_modules.fused_view_feats.1.weight": (50,),
+    "actor.actor_model.input_preprocess_modules.fused_view_feats.1.bias": (50,),
+    "actor.actor_model.input_preprocess_modules.low_dim_obs.0.weight": (50, 54),
+    "actor.actor_model.input_preprocess_modules.low_dim_obs.0.bias": (50,),
+    "actor.actor_model.input_preprocess_modules.low_dim_obs.1.weight": (50,),
+    "actor.actor_model.input_preprocess_modules.low_dim_obs.1.bias": (50,),
+    "actor.actor_model.main_mlp.0.weight": (256, 100),
+    "actor.actor_model.main_mlp.0.bias": (256,),
+    "actor.actor_model.main_mlp.3.weight": (256, 256),
+    "actor.actor_model.main_mlp.3.bias": (256,),
+    "actor.actor_model.out_mlp.0.weight": (4, 256),
+    "actor.actor_model.out_mlp.0.bias": (4,),
+}
+# every MLPWithBottleneckFeatures head (the actor, each critic Q) has these, plus its unused GRU buffer
+HEAD_KEYS = [f"input_preprocess_modules.{b}.{i}.{p}" for b in ("fused_view_feats", "low_dim_obs")
+             for i in (0, 1) for p in ("weight", "bias")] + \
+            [f"{layer}.{p}" for layer in ("main_mlp.0", "main_mlp.3", "out_mlp.0") for p in ("weight", "bias")] + \
+            ["hidden_state"]
+# the agent: encoder, actor, the duplicate DrQV2.actor_model, two critic Qs and the target critic: 98 tensors
+SNAPSHOT_AGENT_KEYS = {k for k in SNAPSHOT_ENCODER_ACTOR if k.startswith("encoder.")} | {
+    prefix + k for prefix in ("actor.actor_model.", "actor_model.", "critic.qs.0.", "critic.qs.1.",
+                              "critic_target.qs.0.", "critic_target.qs.1.") for k in HEAD_KEYS}
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +103,10 @@ def test_snapshot_fixture_has_the_training_layout(fixtures):
     snap = torch.load(fixtures["policy_snapshot"], weights_only=False)
     assert set(snap) == {"_pretrain_step", "_main_loop_iterations", "_global_env_episode", "agent", "cfg"}
     agent = snap["agent"]
-    assert len(agent) == 98
-    assert sum(k.endswith("hidden_state") for k in agent) == 6
-    assert agent["encoder.convs_per_cam.0.0.weight"].shape == (32, 6, 3, 3)
-    assert agent[A + "input_preprocess_modules.fused_view_feats.0.weight"].shape == (50, 39200)
-    assert agent[A + "input_preprocess_modules.low_dim_obs.0.weight"].shape == (50, 54)
-    assert agent[A + "main_mlp.0.weight"].shape == (256, 100)
-    assert agent[A + "out_mlp.0.weight"].shape == (4, 256)
-    assert agent[A + "hidden_state"].shape == (1, 9, 128)
-    assert any(k.startswith("actor_model.") for k in agent) and any(k.startswith("critic_target.") for k in agent)
+    assert len(SNAPSHOT_AGENT_KEYS) == 98 and set(agent) == SNAPSHOT_AGENT_KEYS
+    assert {k: tuple(agent[k].shape) for k in SNAPSHOT_ENCODER_ACTOR} == SNAPSHOT_ENCODER_ACTOR
+    assert agent[A + "hidden_state"].shape == (1, 9, 128)  # (rnn layers, 8 train envs + 1 eval, rnn hidden size)
+    assert agent["critic.qs.0.main_mlp.0.weight"].shape == (256, 104)  # 50 + 50 + the 4-D action
     cfg = snap["cfg"]
     assert isinstance(cfg, DictConfig)
     assert cfg.method._target_.endswith("DrQV2") and cfg.frame_stack == 3 and cfg.action_repeat == 2
@@ -100,7 +134,7 @@ def test_both_formats_and_bare_agent_give_the_same_action(fixtures, runner, tmp_
     hand = PolicyRunner.load(fixtures["policy_handoff"])
     assert hand.loaded.format == "handoff" and runner.loaded.format == "snapshot"
     np.testing.assert_array_equal(hand.act(rgb, low)[0], want)
-    assert isinstance(runner.loaded.cfg, DictConfig) and runner.loaded.meta["_main_loop_iterations"] == 75000
+    assert isinstance(runner.loaded.cfg, DictConfig)
     # hand-off actor keys without the actor_model. prefix, and the bare agent state dict
     h = torch.load(fixtures["policy_handoff"], weights_only=True)
     h["actor"] = {k.removeprefix("actor_model."): v for k, v in h["actor"].items()}
@@ -238,10 +272,19 @@ def test_settings(fixtures):
 
 
 def test_module_keys_are_the_snapshot_keys():
-    keys = set(DrQV2Actor(DrQV2Spec()).state_dict())
-    agent = fixture_agent_state_dict(0)
-    want = {k for k in agent if k.startswith(("encoder.", "actor.")) and not k.endswith("hidden_state")}
-    assert keys == want
+    model = DrQV2Actor(DrQV2Spec())
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == SNAPSHOT_ENCODER_ACTOR
+
+
+def test_snapshot_counters_are_passed_on_as_metadata(fixtures, tmp_path):
+    snap = torch.load(fixtures["policy_snapshot"], weights_only=False)
+    snap.update({"_pretrain_step": 7, "_main_loop_iterations": 123_457, "_global_env_episode": 31,
+                 "best_eval_reward": 359.08})  # best_snapshot.pt also stores its reward
+    torch.save(snap, tmp_path / "counters.pt")
+    loaded = load_policy(tmp_path / "counters.pt")
+    assert loaded.format == "snapshot"
+    assert loaded.meta == {"_pretrain_step": 7, "_main_loop_iterations": 123_457, "_global_env_episode": 31}
+    assert load_policy(fixtures["policy_handoff"]).meta == {}  # the hand-off form has no counters
 
 
 @pytest.mark.integration

@@ -3,7 +3,6 @@ source (the generated video) and the serial port (the software STS3215 bus, thro
 scservo_sdk) swapped, and the project's fixture weights.  Checks what reached the (emulated) arm."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

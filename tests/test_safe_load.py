@@ -12,9 +12,10 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from so101_deploy.core.settings import Settings, SettingError
-from so101_deploy.policy.drqv2 import policy_runner_from_settings, training_config, write_fixture_snapshots
-from so101_deploy.policy.safe_load import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from so101_deploy.policy.drqv2 import SETTINGS as POLICY_SETTINGS
+from so101_deploy.policy.drqv2 import policy_runner_from_settings
+from so101_deploy.policy.safe_load import CheckpointError, UnsafeCheckpointError, load_checkpoint
+from so101_deploy.tools.fixtures import training_config, write_fixture_snapshots
 
 
 class _SystemPayload:

@@ -170,8 +170,94 @@ def test_estop_holds_until_released():
     assert f.events_total["estop_hold"] == 2
 
 
-def test_events_are_documented():
-    import so101_deploy.arm.safety as safety
+# Each event of safety.EVENTS, produced by driving a filter into its situation through the public
+# calls: (situation -> the filter and the events of its last call, the events that call must report).
+def _clamped_limit():
+    f = make(present=np.array([1.85, 0, 0, 0, 0, 0]))
+    return f, f.filter(np.array([1.95, 0, 0, 0, 0, 0]), 0.02)[1]  # past the limit, within one step
 
-    for ev in EVENTS:
-        assert f"``{ev}``" in safety.__doc__, ev
+
+def _clamped_step():
+    f = make()
+    return f, f.filter(np.array([0.5, 0, 0, 0, 0, 0]), 0.02)[1]
+
+
+def _slow_start():
+    f = make(slow_start_s=1.0)
+    return f, f.filter(np.full(6, 0.05), 0.0)[1]  # within the full step, beyond the starting quarter
+
+
+def _outside_limit_recovering():
+    present = np.array([0.0, -1.85, 0, 0, 0, 0])  # 0.15 below shoulder_lift's limit: more than one step
+    f = make(present=present)
+    return f, f.filter(present, 0.02)[1]  # holding there is pulled one step inward, still outside
+
+
+def _rejected_nonfinite():
+    f = make()
+    return f, f.filter(np.array([0, 0, np.nan, 0, 0, 0]), 0.02)[1]
+
+
+def _rejected_shape():
+    f = make()
+    return f, f.filter(np.zeros(7), 0.02)[1]
+
+
+def _watchdog_hold():
+    f = make(watchdog_s=0.5)
+    return f, f.on_tick(np.zeros(6), 0.6)[1]
+
+
+def _watchdog_resume():
+    f = make(watchdog_s=0.5)
+    f.on_tick(np.zeros(6), 0.6)
+    return f, f.filter(np.zeros(6), 0.62)[1]
+
+
+def _estop_hold():
+    f = make()
+    f.estop(True)
+    f.on_tick(np.zeros(6), 0.01)  # reports estop_engaged
+    return f, f.filter(np.full(6, 0.05), 0.02)[1]
+
+
+def _estop_engaged():
+    f = make()
+    f.estop(True)
+    return f, f.filter(np.full(6, 0.05), 0.02)[1]
+
+
+def _estop_released():
+    f = make()
+    f.estop(True)
+    f.filter(np.zeros(6), 0.02)
+    f.estop(False)
+    return f, f.filter(np.full(6, 0.05), 0.04)[1]
+
+
+SITUATIONS = {
+    "clamped_limit": (_clamped_limit, ["clamped_limit"]),
+    "clamped_step": (_clamped_step, ["clamped_step"]),
+    "slow_start": (_slow_start, ["slow_start"]),
+    "outside_limit_recovering": (_outside_limit_recovering,
+                                 ["clamped_limit", "clamped_step", "outside_limit_recovering"]),
+    "rejected_nonfinite": (_rejected_nonfinite, ["rejected_nonfinite"]),
+    "rejected_shape": (_rejected_shape, ["rejected_shape"]),
+    "watchdog_hold": (_watchdog_hold, ["watchdog_hold"]),
+    "watchdog_resume": (_watchdog_resume, ["watchdog_resume"]),
+    "estop_hold": (_estop_hold, ["estop_hold"]),
+    "estop_engaged": (_estop_engaged, ["estop_engaged", "estop_hold"]),
+    "estop_released": (_estop_released, ["estop_released"]),
+}
+
+
+def test_every_event_has_a_situation():
+    assert set(SITUATIONS) == set(EVENTS)
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_each_event_is_produced_by_its_situation_and_counted(event):
+    situation, want = SITUATIONS[event]
+    f, events = situation()
+    assert events == want
+    assert f.events_total[event] == 1

@@ -1,20 +1,12 @@
-"""A software bus of six STS3215 servos behind a pseudo-terminal (``so101-deploy emulate-bus``).
+"""A software bus of six STS3215 servos behind a pseudo-terminal (run by ``so101-deploy emulate-bus``).
 
 The real ``scservo_sdk`` (and LeRobot) open the pty's slave side like a USB adapter and talk to it
-unchanged.  Each emulated servo has the STS3215 control table (:mod:`.sts3215`) and answers PING,
-READ, WRITE, REG_WRITE/ACTION, SYNC_READ and SYNC_WRITE as the firmware does:
-
-* SYNC_READ replies come back in the order of the ID list, all at once (well inside the SDK's
-  ~34 ms window); broadcast instructions get no reply except PING; nothing is ever echoed;
-  Response_Status_Level 0 answers only PING and READ; bad checksums are dropped silently.
-* Torque_Enable=1 holds the present position (never jumps to a stale Goal_Position register);
-  Goal_Position moves the servo only while torque is on, toward the goal at a bounded speed
-  (``max_speed_sps``, Goal_Velocity if lower; Acceleration ramps the speed, 100 step/s^2 per unit),
-  clamped to Min/Max_Position_Limit.  Torque_Enable 0 (or 2, damping) leaves the servo limp.
-* Present_Position = (encoder - Homing_Offset) mod 4096; Goal_Position is in the same frame.
-* Lock gates persistence: an EEPROM write (address < 40) always changes the live value; it is
-  also persisted (``persisted_eeprom``) only while Lock == 0.  Read-only registers ignore writes.
-  Writing ID re-addresses the servo.  Torque_Enable=128 re-centres (Homing_Offset so present reads 2048).
+unchanged.  Each servo is an :class:`~so101_deploy.arm.emulated_servo.EmulatedServo` (the STS3215
+control table, motion, torque, Homing_Offset and Lock as the firmware has them); the bus answers
+PING, READ, WRITE, REG_WRITE/ACTION, SYNC_READ and SYNC_WRITE as the firmware does:
+SYNC_READ replies come back in the order of the ID list, all at once (well inside the SDK's ~34 ms
+window); broadcast instructions get no reply except PING; nothing is ever echoed;
+Response_Status_Level 0 answers only PING and READ; bad checksums are dropped silently.
 
 Not modelled: baud-rate mismatch, Return_Delay_Time, RESET, multi-turn mode, current/temperature.
 
@@ -33,14 +25,10 @@ feeds back :meth:`EmulatedBus.set_present_steps`.
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import random
 import select
-import signal
-import sys
 import threading
 import time
 import tty
@@ -49,167 +37,12 @@ from typing import Iterable, Mapping
 
 from so101_deploy.arm import sts3215 as sts
 from so101_deploy.arm.calibration import Calibration
+from so101_deploy.arm.emulated_servo import EmulatedServo
 
 DEFAULT_IDS = (1, 2, 3, 4, 5, 6)
 DEFAULT_MAX_SPEED_SPS = 3000.0  # ~ the STS3215's no-load speed (45 rpm)
-OVERLOAD_LOAD = 1000  # Present_Load (0.1 % PWM) reported by an overloaded servo
 
-_TORQUE = sts.REGISTERS["Torque_Enable"]
-_GOAL = sts.REGISTERS["Goal_Position"]
-_OFFSET = sts.REGISTERS["Homing_Offset"]
-_MIN = sts.REGISTERS["Min_Position_Limit"]
-_MAX = sts.REGISTERS["Max_Position_Limit"]
-_LOCK = sts.REGISTERS["Lock"]
-_ID = sts.REGISTERS["ID"]
 _RESPONSE_LEVEL = sts.REGISTERS["Response_Status_Level"]
-
-
-class EmulatedServo:
-    """One STS3215: its register bytes plus the motion state behind the read-only registers."""
-
-    def __init__(self, servo_id: int, encoder_steps: float = 2048.0):
-        self.mem = bytearray(sts.TABLE_END)
-        for reg in sts.REGISTERS.values():
-            self._set_raw(reg, reg.default)
-        self._set_raw(_ID, servo_id)
-        self.persisted_eeprom = bytes(self.mem[: sts.EEPROM_END])
-        self.encoder = float(encoder_steps) % sts.STEPS_PER_TURN
-        self.target = self.present()  # internal position target (present frame)
-        self.velocity_sps = 0.0
-        self.pending: tuple[int, bytes] | None = None  # REG_WRITE waiting for ACTION
-        self.overload = False
-
-    # raw register access
-    def _set_raw(self, reg: sts.Register, raw: int) -> None:
-        self.mem[reg.address: reg.address + reg.size] = bytes(sts.to_bytes(raw, reg.size))
-
-    def get(self, name: str) -> int:
-        reg = sts.REGISTERS[name]
-        return sts.decode_value(reg, sts.from_bytes(self.mem[reg.address: reg.address + reg.size]))
-
-    def set(self, name: str, value: int) -> None:
-        reg = sts.REGISTERS[name]
-        self._set_raw(reg, sts.encode_value(reg, value))
-
-    @property
-    def id(self) -> int:
-        return self.mem[_ID.address]
-
-    @property
-    def torque_on(self) -> bool:
-        return self.mem[_TORQUE.address] == 1
-
-    def present(self) -> float:
-        return (self.encoder - self.get("Homing_Offset")) % sts.STEPS_PER_TURN
-
-    def set_present(self, steps: float) -> None:
-        self.encoder = (float(steps) + self.get("Homing_Offset")) % sts.STEPS_PER_TURN
-
-    def _limit(self, steps: float) -> float:
-        lo, hi = self.get("Min_Position_Limit"), self.get("Max_Position_Limit")
-        if lo == 0 and hi == 0:  # no limit configured
-            lo, hi = 0, sts.MAX_STEP
-        return min(max(steps, lo), hi, sts.MAX_STEP) if lo <= hi else steps
-
-    # motion (built-in model): a bounded-speed approach to the target, optional acceleration ramp
-    def advance(self, dt_s: float, max_speed_sps: float) -> None:
-        if dt_s <= 0:
-            return
-        p = self.present()
-        if not self.torque_on:
-            self.velocity_sps = 0.0
-            self.target = p
-            return
-        speed = max_speed_sps
-        gv = abs(self.get("Goal_Velocity"))
-        if gv > 0:
-            speed = min(speed, gv)
-        err = self.target - p
-        accel = self.mem[sts.REGISTERS["Acceleration"].address] * 100.0  # step/s^2, 0 = unlimited
-        want = math.copysign(speed, err) if abs(err) > 1e-9 else 0.0
-        if accel > 0:
-            want = math.copysign(min(speed, math.sqrt(2 * accel * abs(err))), err) if err else 0.0
-            dv = max(-accel * dt_s, min(accel * dt_s, want - self.velocity_sps))
-            v = self.velocity_sps + dv
-        else:
-            v = want
-        step = v * dt_s
-        if err == 0 or (step * err > 0 and abs(step) >= abs(err)):
-            p_new, v = self.target, 0.0  # arrived (never overshoot)
-        else:
-            p_new = p + step
-        self.velocity_sps = v
-        self.set_present(p_new)
-
-    def refresh_read_only(self) -> None:
-        p = self.present()
-        self.set("Present_Position", int(round(p)) % sts.STEPS_PER_TURN)
-        self.set("Present_Velocity", max(-32767, min(32767, int(round(self.velocity_sps)))))
-        load = OVERLOAD_LOAD if self.overload else min(1000, int(abs(self.target - p)) if self.torque_on else 0)
-        self.set("Present_Load", load)
-        self.set("Present_Goal", int(round(self.target)))
-        moving = self.torque_on and abs(self.target - p) >= 1.0
-        self.mem[sts.REGISTERS["Moving"].address] = 1 if moving else 0
-        status_reg = sts.REGISTERS["Status"].address
-        self.mem[status_reg] = sts.ERR_OVERLOAD if self.overload else 0
-
-    # writes: returns the (address, register, decoded value) writes that took effect, for the log
-    def write(self, address: int, data: bytes) -> list[tuple[int, str | None, int]]:
-        accepted: list[tuple[int, str | None, int]] = []
-        end = min(address + len(data), sts.TABLE_END)
-        old_offset = self.get("Homing_Offset")
-        old_torque = self.mem[_TORQUE.address]
-        changed = bytearray(self.mem)
-        written = set()
-        for a in range(address, end):
-            reg = sts.REGISTER_AT.get(a) or _register_containing(a)
-            if reg is not None and reg.read_only:
-                continue
-            changed[a] = data[a - address]
-            written.add(a)
-        if not written:
-            return accepted
-        self.mem[:] = changed
-        # decode per register touched
-        seen = set()
-        for a in sorted(written):
-            reg = sts.REGISTER_AT.get(a) or _register_containing(a)
-            key = reg.address if reg is not None else a
-            if key in seen:
-                continue
-            seen.add(key)
-            if reg is None:
-                accepted.append((a, None, self.mem[a]))
-            else:
-                accepted.append((reg.address, reg.name, self.get(reg.name)))
-        if any(a < sts.EEPROM_END for a in written) and self.mem[_LOCK.address] == 0:
-            self.persisted_eeprom = bytes(self.mem[: sts.EEPROM_END])
-        # side effects
-        if self.get("Homing_Offset") != old_offset:
-            # the encoder does not move: present changes; hold where the servo is
-            self.target = self.present()
-        names = {n for _, n, _ in accepted}
-        torque = self.mem[_TORQUE.address]
-        if "Torque_Enable" in names:
-            if torque == 128:  # re-centre: present reads 2048 here
-                off = int(round(self.encoder - 2048))
-                off = (off + 2048) % sts.STEPS_PER_TURN - 2048
-                self.set("Homing_Offset", max(-2047, min(2047, off)))
-                self.mem[_TORQUE.address] = 0
-                torque = 0
-            if torque == 1 and old_torque != 1:
-                self.target = self.present()  # hold: never jump to a stale Goal_Position
-                self.velocity_sps = 0.0
-        if "Goal_Position" in names and torque == 1:
-            self.target = self._limit(float(self.get("Goal_Position")))
-        return accepted
-
-
-def _register_containing(address: int) -> sts.Register | None:
-    for reg in sts.REGISTERS.values():
-        if reg.address <= address < reg.address + reg.size:
-            return reg
-    return None
 
 
 class EmulatedBus:
@@ -325,11 +158,6 @@ class EmulatedBus:
     def torque_enabled(self) -> dict[int, bool]:
         with self._lock:
             return {i: s.torque_on for i, s in self.servos.items()}
-
-    def present_steps(self) -> dict[int, int]:
-        with self._lock:
-            self._advance()
-            return {i: int(round(s.present())) % sts.STEPS_PER_TURN for i, s in self.servos.items()}
 
     def set_present_steps(self, steps: Mapping[int, float]) -> None:
         """Move the joints (``external_motion``: the simulator is the physics)."""
@@ -506,85 +334,3 @@ class EmulatedBus:
                     except OSError:
                         pass
 
-
-# --- command line ---------------------------------------------------------------------------------
-
-def _ids(text: str) -> set[int]:
-    try:
-        out = {int(x) for x in text.split(",") if x.strip()}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected servo ids like 3 or 3,6, got {text!r}") from None
-    if not all(0 <= i <= sts.MAX_SERVO_ID for i in out):
-        raise argparse.ArgumentTypeError(f"servo ids must be 0..{sts.MAX_SERVO_ID}, got {text!r}")
-    return out
-
-
-def _rate(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text!r}")
-    return v
-
-
-def _speed(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a positive speed in steps/s, got {text!r}")
-    return v
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--link", required=True, help="path of the symlink to the pty (what SO101_PORT points at), "
-                                                      "e.g. /tmp/ttySO101")
-    parser.add_argument("--log", help="append one JSON line per accepted register write to this file")
-    parser.add_argument("--calibration", help="LeRobot calibration JSON: homing offsets and range limits are "
-                                              "'in the servos', the arm starts at mid-range (0 rad)")
-    parser.add_argument("--speed", type=_speed, default=DEFAULT_MAX_SPEED_SPS,
-                        help="max joint speed in steps/s (4096 steps per turn; default %(default)s)")
-    parser.add_argument("--drop-rate", type=_rate, default=0.0, help="probability that a reply is lost")
-    parser.add_argument("--corrupt-rate", type=_rate, default=0.0, help="probability of a bad reply checksum")
-    parser.add_argument("--silent-id", type=_ids, default=set(), help="servo id(s) that never answer, e.g. 3 or 3,6")
-    parser.add_argument("--overload-id", type=_ids, default=set(),
-                        help="servo id(s) reporting the overload bit (Status bit 5) and high Present_Load")
-    parser.add_argument("--faults-after", type=float, default=0.0,
-                        help="seconds after start before the faults begin (default 0: from the start)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault randomness")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        bus = EmulatedBus(args.link, calibration=args.calibration, max_speed_sps=args.speed,
-                          drop_rate=args.drop_rate, corrupt_rate=args.corrupt_rate, silent_ids=args.silent_id,
-                          overload_ids=args.overload_id, seed=args.seed, faults_after_s=args.faults_after,
-                          log_path=args.log)
-    except (ValueError, OSError) as e:  # CalibrationError is a ValueError
-        print(f"emulate-bus: {e}", file=sys.stderr)
-        return 2
-    stop = threading.Event()
-
-    def _on_signal(signum, _frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    try:
-        bus.start()
-    except OSError as e:  # the link path is a real file, or its folder is not writable
-        print(f"emulate-bus: cannot link the bus at {args.link}: {e}", file=sys.stderr)
-        bus.stop()
-        return 2
-    try:
-        print(f"emulate-bus: {len(bus.servos)} STS3215 (ids {sorted(bus.servos)}) on {bus.port}, linked at "
-              f"{bus.link_path}; Ctrl-C to stop", flush=True)
-        while not stop.wait(0.2):
-            pass
-    finally:
-        bus.stop()
-        print(f"emulate-bus: stopped ({bus.counters})", file=sys.stderr, flush=True)
-    return 0

@@ -23,19 +23,13 @@ BROADCAST_ID = 0xFE
 MAX_SERVO_ID = 0xFD
 DEFAULT_BAUDRATE = 1_000_000
 
-# instructions
-PING, READ, WRITE, REG_WRITE, ACTION, RESET = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+# instructions (RESET 0x06 exists too; nothing here sends or models it)
+PING, READ, WRITE, REG_WRITE, ACTION = 0x01, 0x02, 0x03, 0x04, 0x05
 SYNC_READ, SYNC_WRITE = 0x82, 0x83
-INSTRUCTION_NAMES = {PING: "ping", READ: "read", WRITE: "write", REG_WRITE: "reg_write", ACTION: "action",
-                     RESET: "reset", SYNC_READ: "sync_read", SYNC_WRITE: "sync_write"}
 
-# status (ERR) byte bits = the Status register (addr 65); the SDK rejects ERR > 0x7F
-ERR_VOLTAGE, ERR_ANGLE, ERR_OVERHEAT, ERR_OVERCURRENT, ERR_OVERLOAD = 0x01, 0x02, 0x04, 0x08, 0x20
-ERR_NAMES = {ERR_VOLTAGE: "voltage", ERR_ANGLE: "angle_sensor", ERR_OVERHEAT: "overheat",
-             ERR_OVERCURRENT: "overcurrent", ERR_OVERLOAD: "overload"}
-
-# Baud_Rate register index -> bit/s (Feetech's own table; LeRobot's indices 5-7 are off by one)
-BAUD_INDEX = {0: 1_000_000, 1: 500_000, 2: 250_000, 3: 128_000, 4: 115_200, 5: 76_800, 6: 57_600, 7: 38_400}
+# status (ERR) byte bits = the Status register (addr 65): 0x01 voltage, 0x02 angle sensor, 0x04 overheat,
+# 0x08 overcurrent, 0x20 overload; the SDK rejects ERR > 0x7F.  Only overload is read (servo_bus overload_ids).
+ERR_OVERLOAD = 0x20
 
 EEPROM_END = 40  # addresses < 40 are EEPROM (persisted only while Lock == 0)
 TABLE_END = 87  # one past the last address (86); reads/writes beyond it are not answered

@@ -1,7 +1,9 @@
 """Run the project's dataflows from Python (the demo, the benchmark, the integration tests).
 
-``prepare`` copies a dataflow YAML with node paths made absolute and per-node ``env`` overrides,
-so a run can point nodes at temporary folders without editing the files users read.
+``flows_root`` finds the folder of the dataflow YAMLs and their ``nodes/`` (a source checkout, or
+the copy a wheel ships as ``so101_deploy/flows``).  ``prepare`` copies a dataflow YAML with node
+paths made absolute and per-node ``env`` overrides, so a run can point nodes at temporary folders
+without editing the files users read.
 ``run_dataflow`` starts ``dora run FILE --stop-after Ns`` in its own process group and always
 stops that group by its process id, even when the caller is interrupted.
 """
@@ -12,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +22,71 @@ from typing import Any, Mapping
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+FLOWS_ENV = "SO101_FLOWS"
+# the folder that holds the ``so101_deploy`` package: shared/ in a checkout, site-packages when installed
+LIBRARY_ROOT = Path(__file__).resolve().parents[2]
+# the copy of the repository's dataflow*.yml and nodes/ that setup.py puts into a built wheel
+PACKAGED_FLOWS = LIBRARY_ROOT / "so101_deploy" / "flows"
 
 
 class DataflowError(RuntimeError):
     pass
+
+
+def _is_flows_dir(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.glob("dataflow*.yml"))
+
+
+def source_checkout() -> Path | None:
+    """The repository root when this package runs from a source checkout (editable install, PYTHONPATH)."""
+    root = LIBRARY_ROOT.parent
+    return root if LIBRARY_ROOT.name == "shared" and (root / "dataflow.yml").is_file() else None
+
+
+def flows_root(explicit: str | Path | None = None) -> Path:
+    """The folder of the dataflow YAMLs and their ``nodes/``.
+
+    ``explicit`` (a command's ``--flows DIR``) > ``$SO101_FLOWS`` > the source checkout this package
+    runs from > the copy shipped in the package.  A named folder without any ``dataflow*.yml`` is an
+    error (nothing falls through past it); a missing file in a good folder is :func:`flow_file`'s error.
+    """
+    for value, origin in ((explicit, "--flows"), (os.environ.get(FLOWS_ENV) or None, f"${FLOWS_ENV}")):
+        if value is not None:
+            folder = Path(value).expanduser().resolve()
+            if not _is_flows_dir(folder):
+                raise DataflowError(f"{origin} {value}: no dataflow*.yml in {folder}")
+            return folder
+    checkout = source_checkout()
+    if checkout is not None:
+        return checkout
+    if _is_flows_dir(PACKAGED_FLOWS):
+        return PACKAGED_FLOWS
+    raise DataflowError(f"no dataflows found: not in a source checkout ({LIBRARY_ROOT.parent}) and no packaged "
+                        f"copy at {PACKAGED_FLOWS}; pass --flows DIR or set ${FLOWS_ENV} to a folder of "
+                        f"dataflow*.yml and nodes/")
+
+
+def add_flows_argument(parser: Any) -> None:
+    """The ``--flows DIR`` option of the commands that run a dataflow (demo, bench, replay-demo)."""
+    parser.add_argument("--flows", metavar="DIR", default=None,
+                        help=f"folder with the dataflow YAMLs and nodes/ (default: ${FLOWS_ENV}, else the source "
+                             f"checkout this runs from, else the copy installed with the package)")
+
+
+def flow_file(name: str, explicit: str | Path | None = None) -> Path:
+    """``name`` (e.g. ``dataflow.sim.yml``) in :func:`flows_root`; a missing file is a one-line error."""
+    path = flows_root(explicit) / name
+    if not path.is_file():
+        raise DataflowError(f"{name} not found in {path.parent} (pass --flows DIR or set ${FLOWS_ENV})")
+    return path
+
+
+def node_script(node_id: str, explicit: str | Path | None = None) -> Path:
+    """``nodes/<node_id>/main.py`` next to the flows, for nodes a command attaches (the monitor)."""
+    path = flows_root(explicit) / "nodes" / node_id / "main.py"
+    if not path.is_file():
+        raise DataflowError(f"node script {path} not found (pass --flows DIR or set ${FLOWS_ENV})")
+    return path
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -34,8 +97,13 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def prepare(path: str | Path, out_path: str | Path, env: Mapping[str, Mapping[str, str]] | None = None,
-            drop_nodes: tuple[str, ...] = (), extra_nodes: list[dict[str, Any]] | None = None) -> Path:
-    """Write a copy of a dataflow with absolute node paths and ``env[node_id]`` merged in."""
+            drop_nodes: tuple[str, ...] = (), extra_nodes: list[dict[str, Any]] | None = None,
+            search: tuple[Path, ...] = ()) -> Path:
+    """Write a copy of a dataflow with absolute node paths and ``env[node_id]`` merged in.
+
+    Relative file settings are made absolute when they exist next to the original, in the installed
+    library (``shared/...``), or under one of the ``search`` folders (e.g. where the demo keeps its
+    fixture weights when the flows come from the package)."""
     path = Path(path).resolve()
     df = load(path)
     nodes = []
@@ -50,7 +118,7 @@ def prepare(path: str | Path, out_path: str | Path, env: Mapping[str, Mapping[st
             node["env"] = {**(node.get("env") or {}), **{k: str(v) for k, v in env[node["id"]].items()}}
         if node.get("env"):
             # the copy may live elsewhere: settings that name files next to the original stay valid
-            node["env"] = {k: _resolve(path.parent, v) for k, v in node["env"].items()}
+            node["env"] = {k: _resolve(path.parent, v, search) for k, v in node["env"].items()}
         nodes.append(node)
     unknown = set(env or {}) - {n["id"] for n in nodes}
     if unknown:
@@ -63,11 +131,20 @@ def prepare(path: str | Path, out_path: str | Path, env: Mapping[str, Mapping[st
     return out_path
 
 
-def _resolve(base: Path, value: Any) -> str:
+def _resolve(base: Path, value: Any, search: tuple[Path, ...] = ()) -> str:
+    """A relative file setting made absolute: against the flow's folder; for ``shared/...`` (the
+    library's own data, e.g. ``shared/so101_deploy/data/*.json``) against the library this code runs
+    from (the checkout's shared/ or site-packages); then against each of ``search``."""
     v = str(value)
-    if v and not os.path.isabs(v) and ("/" in v or v.endswith((".yml", ".json", ".pt", ".ckpt"))) \
-            and (base / v).exists():
-        return str((base / v).resolve())
+    if not v or os.path.isabs(v) or not ("/" in v or v.endswith((".yml", ".json", ".pt", ".ckpt"))):
+        return v
+    candidates = [base / v]
+    if v.startswith("shared/"):
+        candidates.append(LIBRARY_ROOT / v[len("shared/"):])
+    candidates += [Path(folder) / v for folder in search]
+    for c in candidates:
+        if c.exists():
+            return str(c.resolve())
     return v
 
 
@@ -78,8 +155,8 @@ class RunResult:
     wall_s: float
 
 
-def dora_executable() -> str:
-    exe = shutil.which("dora")
+def dora_executable(search_path: str | None = None) -> str:
+    exe = shutil.which("dora", path=search_path)
     if exe is None:
         raise DataflowError("the `dora` command is not on PATH (pip install dora-rs-cli==1.1.0, or activate .venv)")
     return exe
@@ -89,7 +166,12 @@ def run_dataflow(path: str | Path, stop_after_s: float, log_path: str | Path | N
                  extra_env: Mapping[str, str] | None = None, grace_s: float = 60.0) -> RunResult:
     """``dora run PATH --stop-after Ns``; the process group is killed if it outlives ``grace_s``."""
     env = {**os.environ, **(extra_env or {})}
-    cmd = [dora_executable(), "run", str(path), "--stop-after", f"{int(round(stop_after_s))}s"]
+    # an installed `so101-deploy` may run from a venv that is not activated: its dora, and the python
+    # dora starts the nodes with, are the ones next to this interpreter
+    here = str(Path(sys.executable).parent)
+    if here not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = here + os.pathsep + env.get("PATH", "")
+    cmd = [dora_executable(env["PATH"]), "run", str(path), "--stop-after", f"{int(round(stop_after_s))}s"]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True, cwd=str(Path(path).parent))

@@ -23,10 +23,10 @@ import pyarrow as pa
 JOINT_NAMES = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 N_JOINTS = len(JOINT_NAMES)
 
-# Real segmentation classes (the annotation COCO ids the seg checkpoint predicts).
+# Real segmentation classes (the annotation COCO ids the seg checkpoint predicts).  The policy was
+# trained on the simulator's 5 classes (other, floor, cube, static_finger, moving_finger): real -> sim
+# is clip(id - 1, 0, 4).
 SEG_CLASSES_REAL = ("unlabeled", "background", "table", "cube", "static_finger", "moving_finger")
-# Classes of the simulator the policy was trained on; real -> sim is clip(id - 1, 0, 4).
-SEG_CLASSES_SIM = ("other", "floor", "cube", "static_finger", "moving_finger")
 
 OBS_FRAMES = 3
 OBS_SIZE = 84

@@ -19,7 +19,7 @@ min-max over the crop), ``SO101_OBS_REMAP=false`` (real ids 0-5 go in unchanged)
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import cv2

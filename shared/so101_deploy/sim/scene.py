@@ -35,7 +35,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from so101_deploy.arm.kinematics import so101_spec
+from so101_deploy.arm.kinematics import so101_mjcf_path, so101_spec
 from so101_deploy.core.messages import JOINT_NAMES
 
 TIMESTEP_S = 0.002
@@ -109,6 +109,7 @@ def build_spec(mjcf_path: str | Path | None = None, gripperframe: str | None = N
     """The scene as an editable :class:`mujoco.MjSpec` (see the module docstring for the contents);
     the gripperframe is training's unless told otherwise (see ``kinematics.so101_spec``)."""
     spec = so101_spec(mjcf_path, gripperframe)
+    path = mjcf_path if mjcf_path is not None else so101_mjcf_path()  # named in the errors below
     spec.modelname = "so101_lift_cube"
 
     spec.option.timestep = TIMESTEP_S

@@ -65,7 +65,6 @@ class SimArm:
         self.ctrl_high = m.actuator_ctrlrange[self._act, 1].copy()
         cj = m.joint(sim_scene.CUBE_JOINT).id
         self._cube_qadr = int(m.jnt_qposadr[cj])
-        self._cube_vadr = int(m.jnt_dofadr[cj])
         self._cube_body = m.body(sim_scene.CUBE_BODY).id
         self._cube_geom = m.geom(sim_scene.CUBE_GEOM).id
         self._pads = {m.geom(n).id for n in sim_scene.PAD_GEOMS}

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from so101_deploy.core.dataflow import REPO_ROOT, prepare, run_dataflow
+from so101_deploy.core.dataflow import DataflowError, add_flows_argument, flow_file, node_script, prepare, run_dataflow
 from so101_deploy.tools.perception_bench import time_call
 
 CAMERA_FPS = 30.0  # dataflow.yml's SO101_CAMERA_FPS; the generated video plays at this rate
@@ -49,9 +49,8 @@ def _frames(n: int = 8) -> list[np.ndarray]:
 
 def real_size_models(folder: Path) -> dict[str, Path]:
     """Real-size architectures with random weights in the real file formats (cached in ``folder``)."""
-    from so101_deploy.tools.fixtures import write_seg_checkpoint  # noqa: PLC0415
+    from so101_deploy.tools.fixtures import write_fixture_snapshots, write_seg_checkpoint  # noqa: PLC0415
     from so101_deploy.tools.perception_bench import _real_size_depth_folder  # noqa: PLC0415
-    from so101_deploy.policy.drqv2 import write_fixture_snapshots  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
     seg = folder / "seg" / "best.ckpt"
@@ -155,11 +154,12 @@ def bench_handoff(models: dict[str, Path], device: str, threads: int | None, ite
 
 def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: Path,
                 seg_backend: str, depth_backend: str, depth_size: int,
-                bus_log: Path | None = None) -> dict[str, Any]:
+                bus_log: Path | None = None, flows: str | Path | None = None) -> dict[str, Any]:
     """Run ``dataflow.yml`` itself with the generated video as camera and the software bus as arm;
     ``bus_log`` keeps every register write the servo node made (the integration tests read it)."""
     from so101_deploy.sim.synthetic import write_video  # noqa: PLC0415
 
+    src, monitor_script = flow_file("dataflow.yml", flows), node_script("monitor", flows)
     out_dir.mkdir(parents=True, exist_ok=True)
     video = write_video(out_dir / "camera.mp4", frames=90)
     link = out_dir / "ttySO101"
@@ -191,10 +191,10 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
             "servo": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(calibration)},
             "estop": {"SO101_ESTOP_FILE": str(out_dir / "so101.estop")},  # never a stray /tmp file
         }
-        monitor = {"id": "monitor", "path": str(REPO_ROOT / "nodes" / "monitor" / "main.py"),
+        monitor = {"id": "monitor", "path": str(monitor_script),
                    "env": {"SO101_MONITOR_DIR": str(out_dir / "monitor")},
                    "inputs": {"goal": "controller/goal", "action": "policy/action"}}
-        flow = prepare(REPO_ROOT / "dataflow.yml", out_dir / "dataflow.bench.yml", env=env, extra_nodes=[monitor])
+        flow = prepare(src, out_dir / "dataflow.bench.yml", env=env, extra_nodes=[monitor])
         res = run_dataflow(flow, seconds, log_path=out_dir / "dora.log", grace_s=120)
     finally:
         os.killpg(bus.pid, signal.SIGTERM)
@@ -223,9 +223,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth-size", type=int, default=None, help="depth input size in the graph (default: 266 on "
                                                                     "CPU, 518 on CUDA)")
     p.add_argument("--skip", action="append", default=[], choices=("stages", "handoff", "graph"))
+    add_flows_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    if "graph" not in args.skip:
+        try:  # before minutes of stage timings: a wrong --flows is a one-line error now
+            flow_file("dataflow.yml", args.flows), node_script("monitor", args.flows)
+        except DataflowError as e:
+            print(f"bench: error: {e}")
+            return 2
     import torch  # noqa: PLC0415
 
     out = Path(args.out).resolve()
@@ -254,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     if "graph" not in args.skip:
         print(f"[bench] dataflow.yml for {args.seconds:.0f} s ...", flush=True)
         result["graph"] = bench_graph(models, args.device, args.seconds, out / "graph", seg_backend,
-                                      depth_backend, depth_size)
+                                      depth_backend, depth_size, flows=args.flows)
         print(f"[bench] graph: {result['graph']['control_rate_hz']} Hz", flush=True)
     if "handoff" in result and "graph" in result and result["handoff"]["rate_hz"] > 0:
         result["speedup_vs_handoff"] = round(result["graph"]["control_rate_hz"] / result["handoff"]["rate_hz"], 2)

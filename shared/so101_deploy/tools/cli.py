@@ -18,13 +18,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("so101_deploy.tools.demo", "the main job: the full graph on the simulated arm; writes a report and a video"),
     "bench": ("so101_deploy.tools.bench", "measure stage latencies, the hand-off pipeline and this graph on this machine"),
     "doctor": ("so101_deploy.tools.doctor", "check this machine, and optionally the camera, bus and checkpoints"),
-    "camera-check": ("so101_deploy.perception.camera", "open a camera source and report what it delivers"),
-    "make-video": ("so101_deploy.sim.synthetic", "write the project's generated test video (a cube seen from the wrist)"),
+    "camera-check": ("so101_deploy.tools.camera_check", "open a camera source and report what it delivers"),
+    "make-video": ("so101_deploy.tools.make_video", "write the project's generated test video (a cube seen from the wrist)"),
     "replay-demo": ("so101_deploy.tools.replay", "run the replay dataflow (generated video -> camera -> recorder)"),
-    "emulate-bus": ("so101_deploy.arm.emulator", "a software bus of six STS3215 servos on a pty that scservo_sdk talks to"),
+    "emulate-bus": ("so101_deploy.tools.emulate_bus", "a software bus of six STS3215 servos on a pty that scservo_sdk talks to"),
     "fixtures": ("so101_deploy.tools.fixtures", "write deterministic random-weight model files in the real checkpoint formats"),
     "infer": ("so101_deploy.tools.infer", "run seg, depth, observation and policy offline on image files; write outputs"),
-    "sim-lift": ("so101_deploy.sim.scripted_policy", "scripted cube lift in the MuJoCo sim through controller + safety (success rate, timings)"),
+    "sim-lift": ("so101_deploy.tools.sim_lift", "scripted cube lift in the MuJoCo sim through controller + safety (success rate, timings)"),
 }
 
 

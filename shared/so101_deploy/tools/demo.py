@@ -21,7 +21,8 @@ import json
 import os
 from pathlib import Path
 
-from so101_deploy.core.dataflow import REPO_ROOT, load, prepare, run_dataflow
+from so101_deploy.core.dataflow import (DataflowError, add_flows_argument, flow_file, load, node_script, prepare, run_dataflow,
+                                        source_checkout)
 
 FLOWS = {
     "sim": "dataflow.sim.yml",
@@ -41,14 +42,14 @@ MONITOR_SOURCES = {
 }
 
 
-def monitor_node(flow: dict, out_dir: Path, fps: float) -> dict:
+def monitor_node(flow: dict, out_dir: Path, fps: float, script: Path) -> dict:
     outputs = {f"{n['id']}/{o}" for n in flow["nodes"] for o in n.get("outputs", [])}
     inputs = {}
     for iid, candidates in MONITOR_SOURCES.items():
         src = next((c for c in candidates if c in outputs), None)
         if src:
             inputs[iid] = {"source": src, "queue_size": 2 if iid in ("image", "mask", "disparity") else 16}
-    return {"id": "monitor", "path": str(REPO_ROOT / "nodes" / "monitor" / "main.py"),
+    return {"id": "monitor", "path": str(script),
             "env": {"SO101_MONITOR_DIR": str(out_dir), "SO101_MONITOR_FPS": str(fps)}, "inputs": inputs}
 
 
@@ -68,20 +69,35 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="how long the graph runs (default 60)")
     p.add_argument("--out", default="artifacts/demo", help="where the report and video go")
     p.add_argument("--fps", type=float, default=10.0, help="frame rate written into the video")
+    add_flows_argument(p)
+
+
+def workspace() -> Path:
+    """Where ``artifacts/`` (the fixture weights) goes: the checkout, or the current folder when installed."""
+    return source_checkout() or Path.cwd()
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "osmesa")
+    try:
+        src = flow_file(FLOWS[args.flow], args.flows)
+        monitor = node_script("monitor", args.flows)
+    except DataflowError as e:
+        print(f"demo: error: {e}")
+        return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    src = REPO_ROOT / FLOWS[args.flow]
-    print(f"[demo] fixture weights in {REPO_ROOT / 'artifacts' / 'fixtures'}", flush=True)
-    ensure_fixtures(REPO_ROOT / "artifacts" / "fixtures")
+    work = workspace()
+    print(f"[demo] flow {src}", flush=True)
+    print(f"[demo] fixture weights in {work / 'artifacts' / 'fixtures'}", flush=True)
+    ensure_fixtures(work / "artifacts" / "fixtures")
     flow = load(src)
     # the oracle flow normally skips rendering the RGB view (the policy does not need it); the
     # demo's video shows it beside the oracle mask and disparity
     env = {"sim_arm": {"SO101_SIM_CAMERA": "true"}} if args.flow == "oracle" else None
-    prepared = prepare(src, out / f"{src.stem}.demo.yml", env=env, extra_nodes=[monitor_node(flow, out, args.fps)])
+    # the flows name the fixtures as artifacts/fixtures/...: found next to the flows, else in `work`
+    prepared = prepare(src, out / f"{src.stem}.demo.yml", env=env, search=(work,),
+                       extra_nodes=[monitor_node(flow, out, args.fps, monitor)])
     print(f"[demo] dora run {src.name} for {args.seconds:.0f} s (headless, MUJOCO_GL={os.environ['MUJOCO_GL']})",
           flush=True)
     res = run_dataflow(prepared, args.seconds, log_path=out / "dora.log")

@@ -1,23 +1,22 @@
 """``so101-deploy replay-demo``: the generated video through the camera node into the recorder.
 
 Writes the project's generated video into ``--out``, runs ``dora run dataflow.replay.yml
---stop-after S`` with ``SO101_REPLAY_VIDEO`` / ``SO101_REPLAY_RECORD_DIR`` pointing there (nothing
-is written into the repository), then reads the recording back and prints frames, rate and
-frame_id continuity.  The first command a user runs: it needs no robot, camera or model.
+--stop-after S`` (a copy in ``--out`` with absolute node paths, so dora's own ``out/`` logs land
+there too) with ``SO101_REPLAY_VIDEO`` / ``SO101_REPLAY_RECORD_DIR`` pointing there (nothing is
+written into the repository or the installed package), then reads the recording back and prints
+frames, rate and frame_id continuity.  The first command a user runs: it needs no robot, camera or model.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from so101_deploy.core.dataflow import REPO_ROOT, DataflowError, run_dataflow
+from so101_deploy.core.dataflow import DataflowError, add_flows_argument, flow_file, prepare, run_dataflow
 from so101_deploy.core.messages import Message
 from so101_deploy.core.recording import read_recording
 from so101_deploy.sim.synthetic import read_frame_index, write_video
@@ -25,13 +24,9 @@ from so101_deploy.sim.synthetic import read_frame_index, write_video
 DATAFLOW = "dataflow.replay.yml"
 
 
-def find_dataflow(name: str = DATAFLOW) -> Path:
-    """The replay dataflow at the repository root."""
-    path = REPO_ROOT / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; replay-demo runs from a checkout of so101-deploy "
-                                f"(pip install -e .)")
-    return path
+def find_dataflow(name: str = DATAFLOW, flows: str | Path | None = None) -> Path:
+    """The replay dataflow in ``--flows DIR``, $SO101_FLOWS, the checkout or the installed package."""
+    return flow_file(name, flows)
 
 
 @dataclass
@@ -76,17 +71,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=int, default=5, help="how long the dataflow runs, whole seconds (default 5)")
     parser.add_argument("--frames", type=int, default=90, help="frames in the generated video (default 90)")
     parser.add_argument("--seed", type=int, default=0, help="scene variant (default 0)")
+    add_flows_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     try:
-        dataflow = find_dataflow()
-    except FileNotFoundError as e:
+        dataflow = find_dataflow(flows=args.flows)
+    except DataflowError as e:
         print(f"replay-demo: error: {e}")
         return 2
     if out.is_relative_to(dataflow.parent) and not out.is_relative_to(dataflow.parent / "out"):
-        print(f"replay-demo: error: --out {out} is inside the repository; use a folder outside it or under out/")
+        print(f"replay-demo: error: --out {out} is inside the flows folder {dataflow.parent}; use a folder outside "
+              f"it or under out/")
         return 2
     video = out / "video.mp4"
     record_dir = out / "recording"
@@ -94,15 +91,14 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(record_dir)  # a recording is appended to; start clean
     write_video(video, args.frames, seed=args.seed)
     print(f"video: {video} ({args.frames} generated frames)")
-    # dora (and the python it runs nodes with) are found on PATH: put this interpreter's venv first
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     env = {"SO101_REPLAY_VIDEO": str(video), "SO101_REPLAY_RECORD_DIR": str(record_dir),
            "SO101_REPLAY_MAX_FRAMES": "0"}
     log_path = out / "dora.log"
     seconds = max(1, round(args.seconds))
-    print(f"running: dora run {dataflow.name} --stop-after {seconds}s (log: {log_path})")
+    print(f"running: dora run {dataflow} --stop-after {seconds}s (log: {log_path})")
     try:
-        result = run_dataflow(dataflow, seconds, log_path=log_path, extra_env=env)
+        prepared = prepare(dataflow, out / dataflow.name)
+        result = run_dataflow(prepared, seconds, log_path=log_path, extra_env=env)
     except DataflowError as e:
         print(f"replay-demo: error: {e}")
         return 2
