@@ -52,3 +52,44 @@ def camera_recording() -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing; regenerate it with `python tests/data/make_recordings.py`")
     return path
+
+
+@pytest.fixture(scope="session")
+def fixture_weights(tmp_path_factory) -> dict[str, Path]:
+    """`so101-deploy fixtures` (seed 0): the random-weight seg, depth and policy files the committed
+    recordings were made with (keys as ``write_fixtures`` returns them: seg_checkpoint, depth_hf_dir, ...)."""
+    from so101_deploy.tools.fixtures import write_fixtures
+
+    return write_fixtures(tmp_path_factory.mktemp("fixture_weights"), seed=0)
+
+
+@pytest.fixture
+def emulated_bus(tmp_path, venv_bin):
+    """`so101-deploy emulate-bus` (the example calibration) on a pty in its own process group; yields
+    (link to point SO101_PORT at, JSONL log of every register write); stopped by its pid afterwards."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from so101_deploy.arm.calibration import EXAMPLE_PATH
+
+    link, log = tmp_path / "ttySO101", tmp_path / "bus_writes.jsonl"
+    proc = subprocess.Popen([str(venv_bin / "so101-deploy"), "emulate-bus", "--link", str(link), "--log", str(log),
+                             "--calibration", str(EXAMPLE_PATH)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (link.is_symlink() and os.path.exists(link)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the emulated bus did not come up at {link} (exit {proc.poll()})")
+            time.sleep(0.05)
+        yield link, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)

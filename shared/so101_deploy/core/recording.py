@@ -8,11 +8,16 @@ validates every message again with :func:`so101_deploy.core.messages.decode`.
 
 dora 1.1's own ``dora record`` writes ``.drec`` files that only ``dora replay`` reads back into a
 running dataflow; tests need the messages in-process, so the project keeps this pyarrow format.
+
+:class:`ReplayNode` plays recordings back through a node's ``main(node=..., env=...)`` in-process (a
+stand-in for ``dora.Node``) and keeps what the node sent: the node tests do this, and so can anyone
+comparing two versions of a node on the same recorded run.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -36,11 +41,16 @@ def _jsonable(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class TopicWriter:
-    """Appends messages of one schema to one Arrow IPC file."""
+    """Appends messages of one schema to one Arrow IPC file.
 
-    def __init__(self, path: str | Path, message: str):
+    ``compression_level``: zstd level (None: pyarrow's fast default, what a live recorder wants;
+    19 halves a rendered float disparity for files that are written once and kept, e.g. committed
+    test data).  The messages read back the same at any level."""
+
+    def __init__(self, path: str | Path, message: str, compression_level: int | None = None):
         self.path = Path(path)
         self.message = message
+        self.compression_level = compression_level
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
         self.count = 0
 
@@ -49,7 +59,9 @@ class TopicWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             schema = pa.schema([("value", value.type)], metadata={"message": self.message})
             # zstd keeps committed recordings of camera frames at kilobytes
-            options = pa.ipc.IpcWriteOptions(compression="zstd")
+            codec = "zstd" if self.compression_level is None else \
+                pa.Codec("zstd", compression_level=self.compression_level)
+            options = pa.ipc.IpcWriteOptions(compression=codec)
             self._writer = pa.ipc.new_file(str(self.path), schema, options=options)
         batch = pa.record_batch([value], names=["value"])
         self._writer.write_batch(batch, custom_metadata={"meta": json.dumps(_jsonable(meta))})
@@ -118,3 +130,191 @@ def read_recording(folder: str | Path) -> dict[str, list[Message]]:
     if not folder.is_dir():
         raise FileNotFoundError(f"recording folder {folder} does not exist")
     return {p.stem: read_messages(p) for p in sorted(folder.glob(f"*{SUFFIX}"))}
+
+
+# --- replaying recordings through a node --------------------------------------------------------
+
+# The project's output ids whose message schema is not their own name (see the dataflow YAML files).
+OUTPUT_SCHEMAS = {"mask": "seg_mask", "goal": "joint_goal", "episode_start": "joint_state"}
+
+ORDERS = ("stamp", "file")
+
+
+class ReplayNode:
+    """A stand-in for ``dora.Node`` fed from recordings: replay recorded messages through a node's
+    ``main(node=..., env=...)`` and look at what it sent.
+
+    ``inputs`` is a list of ``(input_id, source)`` pairs (or a mapping input_id -> source); a source is
+    a recording file (``<topic>.arrow``), a list of :class:`~so101_deploy.core.messages.Message`, or a
+    list of ``(arrow_value, metadata)`` pairs.  Several sources may feed one input id.  Messages from
+    files are replayed exactly as recorded (the same Arrow values, the recorded metadata); Message
+    objects are encoded again with their own metadata.
+
+    Order (``order``):
+
+    * ``"stamp"`` (default): all messages sorted by their ``stamp_ns`` metadata -- the capture time
+      the pipeline carries along (a mask, a disparity, an observation, an action and a goal keep the
+      stamp of the camera frame they come from).  Equal stamps keep the order of ``inputs``, then the
+      file order; so list the input that happened first at a shared stamp first (e.g. the sim's
+      ``joint_state`` before the ``mask`` rendered at the same step).
+    * ``"file"``: source after source as listed, each in its recorded order.
+
+    Timer ticks (events with id ``tick_id`` and an empty value, as dora's timers send them):
+    ``ticks_before`` ticks first, a tick before every message when ``tick_each``, ``ticks_after``
+    ticks after the last message; ``tick_interval_s`` > 0 makes consecutive ticks at least that far
+    apart in wall time (nodes that pace themselves with ``time.monotonic``: the camera's frame rate,
+    the servo bus).  A ``STOP`` event ends the stream (``stop=False`` leaves it out: the iteration
+    just ends, as when every input closed).
+
+    Outputs: every ``send_output(output_id, value, metadata)`` is kept in :attr:`sent`, in order, as
+    ``(output_id, value, metadata)`` with a private copy of the value; :meth:`messages` decodes one
+    output id's messages with its schema (``outputs`` maps output id -> schema; an id that is a
+    schema name or in :data:`OUTPUT_SCHEMAS` needs no entry), so a message that breaks its schema
+    fails the caller there.  Sending on an output not declared in ``outputs`` raises, as dora does.
+
+    :meth:`node_config` returns ``{"inputs": {input_id: {"source": ...}}, "outputs": [...]}`` for the
+    replayed input ids, the tick id when ticks are sent, and ``extra_inputs`` (inputs a node wants
+    wired even if nothing arrives on them in this replay).
+
+    Example (A/B a node on a recorded run)::
+
+        node = ReplayNode([("image", "rec/image.arrow")], outputs={"mask": "seg_mask"})
+        assert seg_main.main(node=node, env={"SO101_SEG_CHECKPOINT": "best.ckpt"}) == 0
+        masks = node.messages("mask")
+    """
+
+    def __init__(self, inputs: Mapping[str, Any] | list[tuple[str, Any]], *, order: str = "stamp",
+                 ticks_before: int = 0, tick_each: bool = False, ticks_after: int = 0, tick_id: str = "tick",
+                 tick_interval_s: float = 0.0, outputs: Mapping[str, str | None] | list[str] | tuple = (),
+                 extra_inputs: tuple[str, ...] | list[str] = (), stop: bool = True):
+        if order not in ORDERS:
+            raise ValueError(f"ReplayNode: order must be one of {list(ORDERS)}, got {order!r}")
+        if min(ticks_before, ticks_after) < 0 or tick_interval_s < 0:
+            raise ValueError("ReplayNode: tick counts and tick_interval_s must be >= 0")
+        pairs = list(inputs.items()) if isinstance(inputs, Mapping) else list(inputs)
+        self.order = order
+        self.ticks_before, self.tick_each, self.ticks_after = int(ticks_before), bool(tick_each), int(ticks_after)
+        self.tick_id = tick_id
+        self.tick_interval_s = float(tick_interval_s)
+        self.stop = stop
+        self._schemas: dict[str, str | None] = dict(outputs) if isinstance(outputs, Mapping) else \
+            {o: None for o in outputs}
+        self._messages: list[tuple[str, pa.Array, dict[str, Any]]] = []
+        keyed = []
+        for k, (input_id, source) in enumerate(pairs):
+            for n, (value, meta) in enumerate(_replay_source(input_id, source)):
+                stamp = meta.get("stamp_ns")
+                if order == "stamp" and (isinstance(stamp, bool) or not isinstance(stamp, (int, np.integer))):
+                    raise MessageError(f"ReplayNode: input {input_id!r} message {n} has no integer stamp_ns to "
+                                       f"order by (use order='file')")
+                keyed.append(((int(stamp), k, n) if order == "stamp" else (k, n), (input_id, value, meta)))
+        keyed.sort(key=lambda e: e[0])
+        self._messages = [m for _, m in keyed]
+        ids = list(dict.fromkeys([i for i, _ in pairs]))
+        config = {i: {"source": f"replay/{i}"} for i in ids}
+        if self.ticks_before or self.tick_each or self.ticks_after:
+            config[tick_id] = {"source": "dora/timer/replay"}
+        for i in extra_inputs:
+            config.setdefault(i, {"source": f"replay/{i}"})
+        self._config = {"inputs": config, "outputs": list(self._schemas)}
+        self.sent: list[tuple[str, pa.Array, dict[str, Any]]] = []
+        self.events_sent = 0
+        self._events: Iterator[dict[str, Any]] | None = None
+        self._last_tick_s: float | None = None
+
+    # --- what the node reads ------------------------------------------------------------------
+    @property
+    def input_messages(self) -> list[tuple[str, pa.Array, dict[str, Any]]]:
+        """The replayed messages in the order they are delivered: (input_id, value, metadata)."""
+        return list(self._messages)
+
+    def _tick(self) -> dict[str, Any]:
+        if self.tick_interval_s > 0 and self._last_tick_s is not None:
+            wait = self.tick_interval_s - (time.monotonic() - self._last_tick_s)
+            if wait > 0:
+                time.sleep(wait)
+        self._last_tick_s = time.monotonic()
+        return {"type": "INPUT", "id": self.tick_id, "value": pa.array([], pa.null()), "metadata": {}}
+
+    def _generate(self) -> Iterator[dict[str, Any]]:
+        for _ in range(self.ticks_before):
+            yield self._tick()
+        for input_id, value, meta in self._messages:
+            if self.tick_each:
+                yield self._tick()
+            yield {"type": "INPUT", "id": input_id, "value": value, "metadata": dict(meta)}
+        for _ in range(self.ticks_after):
+            yield self._tick()
+        if self.stop:
+            yield {"type": "STOP", "id": None, "value": None, "metadata": {}}
+
+    def next(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next event, or None when the replay is over (as ``dora.Node.next`` when all inputs closed)."""
+        if self._events is None:
+            self._events = self._generate()
+        event = next(self._events, None)
+        if event is not None:
+            self.events_sent += 1
+        return event
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            event = self.next()
+            if event is None:
+                return
+            yield event
+
+    def node_config(self) -> dict[str, Any]:
+        return {"inputs": {k: dict(v) for k, v in self._config["inputs"].items()},
+                "outputs": list(self._config["outputs"])}
+
+    # --- what the node sends ------------------------------------------------------------------
+    def send_output(self, output_id: str, value: Any, metadata: Mapping[str, Any] | None = None) -> None:
+        if self._schemas and output_id not in self._schemas:
+            raise ValueError(f"ReplayNode: output {output_id!r} is not declared (outputs: {list(self._schemas)})")
+        if isinstance(value, pa.ChunkedArray):
+            value = value.combine_chunks()
+        if isinstance(value, pa.Array) and pa.types.is_primitive(value.type) and not value.null_count:
+            value = pa.array(value.to_numpy(zero_copy_only=False).copy())  # the node may reuse its buffer
+        self.sent.append((output_id, value, dict(metadata or {})))
+
+    def output_ids(self) -> list[str]:
+        """The output ids the node sent on, in the order of their first message."""
+        return list(dict.fromkeys(o for o, _, _ in self.sent))
+
+    def raw(self, output_id: str) -> list[tuple[Any, dict[str, Any]]]:
+        """(value, metadata) of every message sent on ``output_id``, in order, undecoded."""
+        return [(v, m) for o, v, m in self.sent if o == output_id]
+
+    def schema_of(self, output_id: str) -> str:
+        schema = self._schemas.get(output_id)
+        if schema is None:
+            schema = OUTPUT_SCHEMAS.get(output_id, output_id)
+        return schema
+
+    def messages(self, output_id: str) -> list[Message]:
+        """Every message sent on ``output_id``, decoded and validated with its schema."""
+        schema = self.schema_of(output_id)
+        out = []
+        for n, (value, meta) in enumerate(self.raw(output_id)):
+            try:
+                out.append(decode(schema, value, meta))
+            except MessageError as e:
+                raise MessageError(f"output {output_id!r} message {n}: {e}") from None
+        return out
+
+
+def _replay_source(input_id: str, source: Any) -> Iterator[tuple[pa.Array, dict[str, Any]]]:
+    if isinstance(source, (str, Path)):
+        for value, meta, _name in iter_messages(source):
+            yield value, meta
+        return
+    for n, item in enumerate(source):
+        if isinstance(item, Message):
+            yield encode(item.name, np.array(item.data), **item.meta)
+        elif isinstance(item, tuple) and len(item) == 2:
+            value, meta = item
+            yield value, dict(meta or {})
+        else:
+            raise TypeError(f"ReplayNode: input {input_id!r} item {n}: expected a Message or (value, metadata), "
+                            f"got {type(item).__name__}")
