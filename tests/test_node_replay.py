@@ -13,6 +13,7 @@ on its file).  The nodes get the settings they ran with.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import signal
 from pathlib import Path
@@ -276,7 +277,9 @@ def test_controller_goals_equal_the_recorded_goals(learned):
 def test_controller_follows_recorded_actions_within_limits_and_holds_on_the_recorded_estop():
     """The scripted lift's joint states and actions, with the e-stop node's recorded 'hold' messages put in
     after the 10th action and its 'clear' after the 20th: every goal inside the limits and within one
-    step of the one before, one goal per action while clear, the goal held while the e-stop is engaged."""
+    step of the one before, one goal per action while clear, the goal held while the e-stop is engaged,
+    and after the clear a restart from the present pose (within one step of it), never from the held goal."""
+    from so101_deploy.core.messages import decode
     from so101_deploy.arm.controller import DEFAULT_MAX_STEP_RAD
 
     estop = read_messages(rec(RECORDINGS / "estop", "estop"))
@@ -284,15 +287,18 @@ def test_controller_follows_recorded_actions_within_limits_and_holds_on_the_reco
     clear = [m for m in estop if int(m.data[0]) == 0]
     assert hold and clear
     stream = ReplayNode([("joint_state", rec(SCRIPTED, "joint_state")), ("action", rec(SCRIPTED, "action"))])
-    events, actions = [], 0
+    events, actions, present = [], 0, None
     for input_id, value, meta in stream.input_messages:
         events.append((input_id, [(value, meta)]))
+        if input_id == "joint_state":
+            last_q = decode("joint_state", value, meta).data[0]
         if input_id == "action":
             actions += 1
             if actions == 10:
                 events += [("estop", hold)]
             elif actions == 20:
                 events += [("estop", clear)]
+                present = last_q.copy()
     node = ReplayNode(events, order="file", outputs=["goal"], extra_inputs=("tick",))
     # the flow's settings, but no slow start: a replay runs in milliseconds, the run's ramp took 1 s
     replay("controller", node, {"SO101_CONTROL_MODE": "cartesian", "SO101_WATCHDOG_S": "0.5", "SO101_SLOW_START_S": "0"})
@@ -303,8 +309,9 @@ def test_controller_follows_recorded_actions_within_limits_and_holds_on_the_reco
     step = np.array([float(x) for x in DEFAULT_MAX_STEP_RAD.split(",")])
     for k, g in enumerate(sent):
         assert limits.contains(g.data, tol_rad=1e-9), g.data
+        before = present if k == 20 else sent[k - 1].data  # after the clear: from the present pose
         if k:
-            assert np.all(np.abs(g.data - sent[k - 1].data) <= step + 1e-9)
+            assert np.all(np.abs(g.data - before) <= step + 1e-9), k
     held = sent[10:20]  # actions 11-20 came while the e-stop held
     assert all("estop_hold" in g.meta["events"] for g in held)
     for g in held:
@@ -328,7 +335,7 @@ def test_servo_writes_the_recorded_goals_to_the_bus_and_obeys_the_recorded_estop
     link, log = emulated_bus
     cal = Calibration.example()
     env = {"SO101_PORT": str(link), "SO101_CALIBRATION": str(EXAMPLE_PATH), "SO101_SERVO_REPLY_WINDOW_MS": "120",
-           "SO101_SERVO_WATCHDOG_S": "5.0", "SO101_MAX_STEP_RAD": "0.05"}
+           "SO101_SERVO_WATCHDOG_S": "5.0", "SO101_MAX_STEP_RAD": "0.05", "SO101_ESTOP_FILE": f"{link}.estop"}
     goals = read_messages(rec(SCRIPTED, "goal"))
     estop = read_messages(rec(RECORDINGS / "estop", "estop"))
     saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
@@ -339,10 +346,10 @@ def test_servo_writes_the_recorded_goals_to_the_bus_and_obeys_the_recorded_estop
                                           order="file", tick_each=True, ticks_after=10, tick_interval_s=0.02,
                                           outputs=["joint_state"]), env)
         writes = [json.loads(line) for line in log.read_text().splitlines()]
-        # the recorded e-stop states in turn: hold, release torque, clear
-        stop = replay("servo", ReplayNode([("estop", rec(RECORDINGS / "estop", "estop"))], order="file",
-                                          tick_each=True, ticks_after=3, tick_interval_s=0.02,
-                                          outputs=["joint_state"]), env)
+        # a goal, the recorded e-stop states in turn (hold, release torque, clear), a goal again
+        stop = replay("servo", ReplayNode([("goal", goals[-1:]), ("estop", rec(RECORDINGS / "estop", "estop")),
+                                           ("goal", goals[-1:])], order="file", tick_each=True, ticks_after=3,
+                                          tick_interval_s=0.02, outputs=["joint_state"]), env)
     finally:
         signal.signal(signal.SIGTERM, saved[0])
         signal.signal(signal.SIGINT, saved[1])
@@ -364,9 +371,13 @@ def test_servo_writes_the_recorded_goals_to_the_bus_and_obeys_the_recorded_estop
     assert [s.frame_id for s in states] == sorted({s.frame_id for s in states})
     np.testing.assert_allclose(states[-1].data[0], last, atol=0.03)  # the arm went there
     assert [int(m.data[0]) for m in estop] == [0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 0, 0]
-    torque = [s.meta["torque"] for s in stop.messages("joint_state")]
-    # a tick before each e-stop message: the reading after the first 'release torque' finds it off
-    assert torque[:7] == ["on"] * 7 and torque[7:10] == ["off"] * 3 and torque[-1] == "on"
+    states = stop.messages("joint_state")
+    torque = [s.meta["torque"] for s in states]
+    # torque waits for the first goal, stays on while the e-stop holds, goes off at 'release torque', stays
+    # off after the clear (no old goal is followed) and comes back with the next goal, from the present pose
+    assert [k for k, _ in itertools.groupby(torque)] == ["off", "on", "off", "on"], torque
+    held = [s.meta["state"] for s in states if s.meta["estop"] == 1]
+    assert held and set(held) == {"hold"}
 
 
 # --- estop --------------------------------------------------------------------------------------------------
