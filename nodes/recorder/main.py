@@ -20,7 +20,7 @@ SETTINGS = (
     Setting("SO101_RECORD_DIR", "str", required=True, doc="the recording folder (one <input id>.arrow per input)"),
     Setting("SO101_RECORD_TYPES", "str", "", "input_id=schema,... for inputs not named after their schema"),
 )
-SPEC = NodeSpec(NODE, SETTINGS)  # inputs: whatever the YAML wires (read from dora's node config)
+SPEC = NodeSpec(NODE, SETTINGS, any_inputs=True)  # inputs: whatever the YAML wires (dora's node config)
 
 
 def parse_record_types(text: str | None, input_ids: list[str]) -> dict[str, str]:

@@ -26,7 +26,7 @@ from so101_deploy.core.node import RAW, FatalError, Handlers, NodeSpec, StartErr
 EXIT_SAFE_STATE = 3  # the arm parked (or was released) because of a fault: the run ends here
 
 SPEC = NodeSpec("servo", SETTINGS, inputs={"goal": "joint_goal", "estop": "estop", "tick": RAW},
-                outputs=("joint_state",), optional=frozenset({"estop"}))
+                outputs=("joint_state",), waivers={"estop": ("SO101_ESTOP", "none")})
 
 
 def _raise_on_signal(signum, _frame):

@@ -33,6 +33,7 @@ from so101_deploy.arm import safe_state
 from so101_deploy.arm.calibration import Calibration
 from so101_deploy.arm.estop import EstopFile
 from so101_deploy.arm.estop import SETTINGS as ESTOP_SETTINGS
+from so101_deploy.arm.estop import WIRING_SETTING as ESTOP_WIRING_SETTING
 from so101_deploy.core.messages import N_JOINTS
 from so101_deploy.core.log import leveled
 from so101_deploy.core.settings import Setting, Settings
@@ -54,7 +55,7 @@ SETTINGS = (
             max=1000.0),
     Setting("SO101_PORT_WAIT_S", "float", 5.0, "how long to wait for the port to appear at start", min=0.0,
             max=600.0),
-) + ESTOP_SETTINGS + safe_state.SETTINGS
+) + ESTOP_SETTINGS + (ESTOP_WIRING_SETTING,) + safe_state.SETTINGS
 
 
 @dataclass
