@@ -55,6 +55,8 @@ SETTINGS = (
             max=1000.0),
     Setting("SO101_PORT_WAIT_S", "float", 5.0, "how long to wait for the port to appear at start", min=0.0,
             max=600.0),
+    Setting("SO101_TORQUE_GUARD", "bool", True, "a separate process releases torque if the servo node is killed "
+            "(kill -9, dora's orphan guard); false: no such process"),
 ) + ESTOP_SETTINGS + (ESTOP_WIRING_SETTING,) + safe_state.SETTINGS
 
 
