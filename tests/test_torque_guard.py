@@ -330,13 +330,15 @@ def test_the_servo_node_refuses_to_start_without_its_guard(bus, monkeypatch, cap
         assert servo_main.main(node=[], env=env) == 2
         assert "torque guard exited with code 3" in capsys.readouterr().err
         assert not any(r["name"] == "Torque_Enable" and r["value"] == 1 for r in read_log(log))
-        # without the guard the node runs (an empty event stream: it starts, then stops and releases)
+        # without the guard the node runs (an empty event stream: it starts, waits for a goal that never
+        # comes, so torque is never enabled, then stops and releases)
         assert servo_main.main(node=[], env={**env, "SO101_TORQUE_GUARD": "false"}) == 0
     finally:
         signal.signal(signal.SIGTERM, saved[0])
         signal.signal(signal.SIGINT, saved[1])
     rows = read_log(log)
-    assert any(r["name"] == "Torque_Enable" and r["value"] == 1 for r in rows)
+    assert any(r["name"] == "Lock" for r in rows)  # it configured the servos: it really started
+    assert not any(r["name"] == "Torque_Enable" and r["value"] == 1 for r in rows)
     assert_ends_released(rows)
 
 
