@@ -50,6 +50,11 @@ class FatalError(RuntimeError):
         self.exit_code = exit_code
 
 
+class StopNode(Exception):
+    """Raised by a handler when the node has nothing left to do (e.g. every input it records is gone):
+    the loop ends cleanly, ``on_stop`` runs, exit code 0."""
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """What a node is: its name, the settings it reads, its inputs (id -> message schema, or
@@ -178,7 +183,11 @@ def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Callab
                 break
             if kind == "INPUT_CLOSED":
                 if on_closed is not None:
-                    on_closed(event["id"])
+                    try:
+                        on_closed(event["id"])
+                    except StopNode as e:
+                        logger.info(f"input {event['id']!r} closed: {e or 'nothing left to do'}; stopping")
+                        break
                     continue
                 logger.warning(f"input {event['id']!r} closed (the node that fed it is gone): stopping")
                 break
