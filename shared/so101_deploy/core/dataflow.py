@@ -166,11 +166,11 @@ def dora_executable(search_path: str | None = None) -> str:
 
 def run_dataflow(path: str | Path, stop_after_s: float, log_path: str | Path | None = None,
                  extra_env: Mapping[str, str] | None = None, grace_s: float = 60.0,
-                 until: Callable[[], bool] | None = None, linger_s: float = 0.0) -> RunResult:
+                 until: Callable[[str], bool] | None = None, linger_s: float = 0.0) -> RunResult:
     """``dora run PATH --stop-after Ns``; everything it started is killed if it outlives ``grace_s``.
 
-    With ``until``, ``stop_after_s`` is a deadline, not a window: the run is stopped (Ctrl-C, so every
-    node gets its STOP event) ``linger_s`` after ``until()`` first holds -- a slow start on a loaded
+    With ``until`` (called with the log so far), ``stop_after_s`` is a deadline, not a window: the run is
+    stopped (Ctrl-C, so every node gets its STOP event) ``linger_s`` after ``until(log)`` first holds -- a slow start on a loaded
     machine only makes the wait longer.  ``RunResult.condition_met`` says whether it held in time.
     """
     env = {**os.environ, **(extra_env or {})}
@@ -189,7 +189,11 @@ def run_dataflow(path: str | Path, stop_after_s: float, log_path: str | Path | N
         if until is not None:
             met = False
             while proc.poll() is None and time.monotonic() - t0 < stop_after_s:
-                if until():
+                log.flush()
+                log.seek(0)
+                so_far = log.read()
+                log.seek(0, os.SEEK_END)
+                if until(so_far):
                     met = True
                     end = time.monotonic() + linger_s
                     while proc.poll() is None and time.monotonic() < end:

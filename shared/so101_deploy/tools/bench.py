@@ -198,7 +198,7 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
                    "env": {"SO101_MONITOR_DIR": str(out_dir / "monitor")},
                    "inputs": {"goal": "controller/goal", "action": "policy/action"}}
         flow = prepare(src, out_dir / "dataflow.bench.yml", env=env, extra_nodes=[monitor])
-        until = (lambda: _torque_enabled(bus_log)) if until_torque_s is not None else None
+        until = (lambda log: _torque_enabled(bus_log)) if until_torque_s is not None else None
         res = run_dataflow(flow, seconds, log_path=out_dir / "dora.log", grace_s=120, until=until,
                            linger_s=until_torque_s or 0.0)
     finally:
