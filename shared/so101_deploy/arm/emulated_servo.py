@@ -40,6 +40,7 @@ class EmulatedServo:
         self.velocity_sps = 0.0
         self.pending: tuple[int, bytes] | None = None  # REG_WRITE waiting for ACTION
         self.overload = False
+        self.status_bits = 0  # injected Status bits (fault injection), reported in every reply
 
     # raw register access
     def _set_raw(self, reg: sts.Register, raw: int) -> None:
@@ -113,7 +114,7 @@ class EmulatedServo:
         moving = self.torque_on and abs(self.target - p) >= 1.0
         self.mem[sts.REGISTERS["Moving"].address] = 1 if moving else 0
         status_reg = sts.REGISTERS["Status"].address
-        self.mem[status_reg] = sts.ERR_OVERLOAD if self.overload else 0
+        self.mem[status_reg] = (sts.ERR_OVERLOAD if self.overload else 0) | self.status_bits
 
     # writes: returns the (address, register, decoded value) writes that took effect, for the log
     def write(self, address: int, data: bytes) -> list[tuple[int, str | None, int]]:

@@ -13,7 +13,8 @@ Not modelled: baud-rate mismatch, Return_Delay_Time, RESET, multi-turn mode, cur
 Fault injection (constructor args and CLI flags), active from ``faults_after_s`` after start:
 ``drop_rate`` (a reply is lost), ``corrupt_rate`` (a reply's checksum is wrong), ``silent_ids``
 (those servos neither answer nor act), ``overload_ids`` (Status bit 5 set in every reply and
-Present_Load high).  Randomness is seeded (``seed``) so a run reproduces.
+Present_Load high), ``status_bits`` (id -> Status bits set in every reply, e.g. ``{3: 0x04}`` overheat;
+bit 7 is refused, the SDK drops such replies).  Randomness is seeded (``seed``) so a run reproduces.
 
 ``log_path``: one JSON line per accepted register write
 ``{"t": unix_s, "id", "address", "name", "value" (decoded, signed), "inst"}`` -- sync writes too.
@@ -53,7 +54,7 @@ class EmulatedBus:
                  max_speed_sps: float = DEFAULT_MAX_SPEED_SPS, drop_rate: float = 0.0, corrupt_rate: float = 0.0,
                  silent_ids: Iterable[int] = (), overload_ids: Iterable[int] = (), seed: int = 0,
                  faults_after_s: float = 0.0, log_path: str | os.PathLike | None = None,
-                 initial_steps: Mapping[int, float] | None = None):
+                 initial_steps: Mapping[int, float] | None = None, status_bits: Mapping[int, int] | None = None):
         for name, rate in (("drop_rate", drop_rate), ("corrupt_rate", corrupt_rate)):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"EmulatedBus: {name} must be a probability in [0, 1], got {rate}")
@@ -64,6 +65,7 @@ class EmulatedBus:
         self.max_speed_sps = float(max_speed_sps)
         self.drop_rate, self.corrupt_rate = float(drop_rate), float(corrupt_rate)
         self.silent_ids, self.overload_ids = set(silent_ids), set(overload_ids)
+        self.status_bits = _status_bits(status_bits or {})
         self.faults_after_s = float(faults_after_s)
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
@@ -173,7 +175,8 @@ class EmulatedBus:
             return s.get(name)
 
     def set_faults(self, *, drop_rate: float | None = None, corrupt_rate: float | None = None,
-                   silent_ids: Iterable[int] | None = None, overload_ids: Iterable[int] | None = None) -> None:
+                   silent_ids: Iterable[int] | None = None, overload_ids: Iterable[int] | None = None,
+                   status_bits: Mapping[int, int] | None = None) -> None:
         with self._lock:
             if drop_rate is not None:
                 self.drop_rate = float(drop_rate)
@@ -183,6 +186,8 @@ class EmulatedBus:
                 self.silent_ids = set(silent_ids)
             if overload_ids is not None:
                 self.overload_ids = set(overload_ids)
+            if status_bits is not None:
+                self.status_bits = _status_bits(status_bits)
 
     # --- protocol -----------------------------------------------------------------------------------
     def _faults_active(self) -> bool:
@@ -194,6 +199,7 @@ class EmulatedBus:
         faults = self._faults_active()
         for i, s in self.servos.items():
             s.overload = faults and i in self.overload_ids
+            s.status_bits = self.status_bits.get(i, 0) if faults else 0
             if not self.external_motion:
                 s.advance(dt, self.max_speed_sps)
             elif not s.torque_on:
@@ -334,3 +340,12 @@ class EmulatedBus:
                     except OSError:
                         pass
 
+
+
+def _status_bits(bits: Mapping[int, int]) -> dict[int, int]:
+    out = {int(i): int(b) for i, b in bits.items()}
+    for i, b in out.items():
+        if not 0 <= b <= 0x7F:
+            raise ValueError(f"EmulatedBus: status_bits for id {i} must be in 0..0x7F (the SDK rejects bit 7), "
+                             f"got {b:#x}")
+    return out

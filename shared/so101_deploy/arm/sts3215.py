@@ -28,7 +28,7 @@ PING, READ, WRITE, REG_WRITE, ACTION = 0x01, 0x02, 0x03, 0x04, 0x05
 SYNC_READ, SYNC_WRITE = 0x82, 0x83
 
 # status (ERR) byte bits = the Status register (addr 65): 0x01 voltage, 0x02 angle sensor, 0x04 overheat,
-# 0x08 overcurrent, 0x20 overload; the SDK rejects ERR > 0x7F.  Only overload is read (servo_bus overload_ids).
+# 0x08 overcurrent, 0x20 overload; the SDK rejects ERR > 0x7F.  servo_bus.STATUS_BITS names them all.
 ERR_OVERLOAD = 0x20
 
 EEPROM_END = 40  # addresses < 40 are EEPROM (persisted only while Lock == 0)
