@@ -94,7 +94,8 @@ print("RESULT " + json.dumps(out), flush=True)
 
 
 def _python312() -> str | None:
-    candidates = [shutil.which("python3.12")] + sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.12*/bin/python3.12")))
+    pyenv = sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.12*/bin/python3.12")))
+    candidates = [shutil.which("python3.12")] + pyenv
     for exe in filter(None, candidates):
         try:  # a pyenv shim exists even where 3.12 is not selected: it must run
             if subprocess.run([exe, "-c", "import sys; assert sys.version_info >= (3, 12)"],
@@ -238,7 +239,8 @@ def test_so101_follower_connects_reads_and_writes_through_the_emulated_bus(lerob
     project_ticks = project.rad_to_steps(goal_rad)
     for k, name in enumerate(JOINT_NAMES[:5]):
         m = CAL[name]
-        assert sent_ticks[k + 1] == int((out["sent"][f"{name}.pos"] * 4095 / 360) + (m["range_min"] + m["range_max"]) / 2)
+        mid = (m["range_min"] + m["range_max"]) / 2
+        assert sent_ticks[k + 1] == int((out["sent"][f"{name}.pos"] * 4095 / 360) + mid)
         # LeRobot sends it unclipped (shoulder_lift: below range_min), the servo clamps it to the
         # Min/Max_Position_Limit LeRobot wrote (= the range): the project clips to the same tick
         assert project_ticks[k] == min(max(sent_ticks[k + 1], m["range_min"]), m["range_max"])

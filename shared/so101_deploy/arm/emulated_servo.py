@@ -155,7 +155,9 @@ class EmulatedServo:
         changed = []
         for reg in sts.REGISTERS.values():
             a = reg.address
-            if sts.REGISTER_AT.get(a) is reg and not reg.read_only and before[a: a + reg.size] != self.mem[a: a + reg.size]:
+            if sts.REGISTER_AT.get(a) is not reg or reg.read_only:
+                continue
+            if before[a: a + reg.size] != self.mem[a: a + reg.size]:
                 changed.append((a, reg.name, self.get(reg.name)))
         return changed
 
