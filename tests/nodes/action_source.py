@@ -6,11 +6,12 @@ state as it changes.
 Inputs: ``tick`` (a dora timer: the action rate), ``joint_state`` (servo/joint_state; when it closes,
 the arm side is gone and this node stops, as the camera does).  Output: ``action``.
 
-Settings: SO101_TEST_OUT (JSONL path, required); SO101_ACTION_PATTERN (``wave``: a slow circle of the
-gripperframe target in x/y, like a policy that keeps moving; ``still``: zero motion, the target stays
-where the controller started it -- the arm should not move); SO101_ACTION_GRIPPER (the gripper action,
-default 0); SO101_ACTION_STOP_AFTER_S (stop sending actions this many seconds after the first
-joint_state; default never).  Times count from the first joint_state (the servo node is up).
+Settings: SO101_TEST_OUT (JSONL path, required); SO101_ACTION_PATTERN (``wave``: the gripperframe target
+goes round a circle in x/y at SO101_ACTION_SPEED_M_S whatever the tick rate, like a policy that keeps
+moving; ``still``: zero motion, the target stays where the controller started it -- the arm should not
+move); SO101_ACTION_GRIPPER (the gripper action, default 0); SO101_ACTION_STOP_AFTER_S (stop sending
+actions this many seconds after the first joint_state; default never).  Times count from the first
+joint_state (the servo node is up).
 """
 
 import json
@@ -27,15 +28,17 @@ from so101_deploy.core.settings import Setting
 SETTINGS = (Setting("SO101_TEST_OUT", "str", required=True, doc="JSONL file of the joint_state messages received"),
             Setting("SO101_ACTION_PATTERN", "choice", "wave", "wave or still", choices=("wave", "still")),
             Setting("SO101_ACTION_GRIPPER", "float", 0.0, "the gripper action", min=-1.0, max=1.0),
-            Setting("SO101_ACTION_STOP_AFTER_S", "float", 1e9, "stop sending actions after this long"))
+            Setting("SO101_ACTION_STOP_AFTER_S", "float", 1e9, "stop sending actions after this long"),
+            Setting("SO101_ACTION_SPEED_M_S", "float", 0.05, "wave: speed of the target", min=0.0, max=1.0))
+ACTION_SCALE_M = 0.02  # the controller's SO101_ACTION_SCALE_M default: target move per unit of action
 SPEC = NodeSpec("action_source", SETTINGS, inputs={"tick": RAW, "joint_state": "joint_state"}, outputs=("action",))
 
 
 def build(settings, ctx) -> Handlers:
     out = open(settings["SO101_TEST_OUT"], "a", buffering=1)
     pattern, gripper = settings["SO101_ACTION_PATTERN"], settings["SO101_ACTION_GRIPPER"]
-    stop_after_s = settings["SO101_ACTION_STOP_AFTER_S"]
-    st = {"t0": None, "sent": 0}
+    stop_after_s, speed = settings["SO101_ACTION_STOP_AFTER_S"], settings["SO101_ACTION_SPEED_M_S"]
+    st = {"t0": None, "sent": 0, "last": None}
 
     def on_joint_state(msg) -> None:
         meta = {k: v for k, v in msg.meta.items() if isinstance(v, (int, float, str, bool))}
@@ -46,11 +49,15 @@ def build(settings, ctx) -> Handlers:
     def on_tick() -> None:
         if st["t0"] is None:
             return  # the servo node is not up yet
-        t = time.monotonic() - st["t0"]
+        now = time.monotonic()
+        t = now - st["t0"]
         if t > stop_after_s:
             return
+        dt = min(0.2, now - st["last"]) if st["last"] is not None else 0.0
+        st["last"] = now
         if pattern == "wave":
-            a = np.array([0.5 * math.cos(2 * math.pi * t / 4.0), 0.5 * math.sin(2 * math.pi * t / 4.0), 0.0, gripper])
+            amp = min(1.0, speed * dt / ACTION_SCALE_M)  # target speed, whatever the tick rate
+            a = np.array([amp * math.cos(2 * math.pi * t / 4.0), amp * math.sin(2 * math.pi * t / 4.0), 0.0, gripper])
         else:
             a = np.array([0.0, 0.0, 0.0, gripper])
         st["sent"] += 1

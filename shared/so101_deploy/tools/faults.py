@@ -27,6 +27,7 @@ when the scenario ends, also after ``dora run`` itself was killed.
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import json
 import os
@@ -186,13 +187,18 @@ def cpu_hog(n: int = 2) -> Iterator[list[int]]:
 
 
 class BusLog:
-    """The software bus's write log (JSONL), read incrementally."""
+    """The software bus's write log (JSONL), read incrementally (also any JSONL file with a "t" per row)."""
 
     def __init__(self, path: Path):
         self.path = path
         self._rows: list[dict] = []
         self._offset = 0
         self._partial = b""
+        self._gi = 0  # rows already grouped into goal batches
+        self._batches: list[tuple[float, np.ndarray]] = []
+        self._cur: dict[int, int] = {}
+        self._last_id: int | None = None
+        self._last_t: float | None = None
 
     def rows(self) -> list[dict]:
         if self.path.exists():
@@ -204,6 +210,11 @@ class BusLog:
             *lines, self._partial = data.split(b"\n")
             self._rows += [json.loads(line) for line in lines if line.strip()]
         return self._rows
+
+    def after(self, t: float) -> list[dict]:
+        """The rows from time ``t`` on (rows are in time order: one writer appends them)."""
+        rows = self.rows()
+        return rows[bisect.bisect_left(rows, t, key=lambda r: r["t"]):]
 
     def goals(self, after_t: float = 0.0) -> list[dict]:
         return [r for r in self.rows() if r["name"] == "Goal_Position" and r["t"] >= after_t]
@@ -238,22 +249,24 @@ class BusLog:
 
     def goal_batches(self, after_t: float = 0.0) -> list[tuple[float, np.ndarray]]:
         """Goal writes as (t, steps of ids 1-6), one per sync write (a write starts again at a lower id;
-        an id it missed keeps its last value); t is the write's last row."""
-        out: list[tuple[float, np.ndarray]] = []
-        cur: dict[int, int] = {}
-        last_id, last_t = None, None
-
-        def flush() -> None:
-            if last_t is not None and last_t >= after_t and len(cur) == len(IDS):
-                out.append((last_t, np.array([cur[i] for i in IDS], float)))
-
-        for r in self.goals():
-            if last_id is not None and r["id"] <= last_id:
-                flush()
-            cur[r["id"]] = r["value"]
-            last_id, last_t = r["id"], r["t"]
-        flush()
+        an id it missed keeps its last value); t is the write's last row.  Grouped incrementally."""
+        rows = self.rows()
+        for r in rows[self._gi:]:
+            if r["name"] != "Goal_Position":
+                continue
+            if self._last_id is not None and r["id"] <= self._last_id:
+                self._flush()
+            self._cur[r["id"]] = r["value"]
+            self._last_id, self._last_t = r["id"], r["t"]
+        self._gi = len(rows)
+        out = self._batches[bisect.bisect_left(self._batches, after_t, key=lambda b: b[0]):]
+        if self._last_t is not None and self._last_t >= after_t and len(self._cur) == len(IDS):
+            out = out + [(self._last_t, np.array([self._cur[i] for i in IDS], float))]  # the newest, maybe partial
         return out
+
+    def _flush(self) -> None:
+        if len(self._cur) == len(IDS):
+            self._batches.append((self._last_t, np.array([self._cur[i] for i in IDS], float)))
 
 
 class Bus:
@@ -403,7 +416,7 @@ class StateLog:
         return self.log.rows()
 
     def first(self, pred: Callable[[dict], bool], after_t: float = 0.0) -> dict | None:
-        return next((r for r in self.rows() if r["t"] >= after_t and pred(r)), None)
+        return next((r for r in self.log.after(after_t) if pred(r)), None)
 
     def last(self) -> dict | None:
         rows = self.rows()
@@ -702,6 +715,7 @@ def _touch(path: Path, text: str = "") -> float:
     return t
 
 
+FAST = {"SO101_ACTION_SPEED_M_S": 0.15}  # the target moves several steps per 20 ms write: a freeze shows
 FREEZE_TOL_STEPS = 2  # a hold may settle a goal onto the present pose by a step or two
 
 
@@ -710,9 +724,9 @@ def changes(batches: list[tuple[float, np.ndarray]], tol: float = FREEZE_TOL_STE
     return [t for (t, g), (_, prev) in zip(batches[1:], batches) if np.abs(g - prev).max() > tol]
 
 
-def freeze_latency(log: BusLog, t0: float, until_t: float | None = None) -> float:
-    """From ``t0`` to the last goal write that changed a goal (0: none changed after t0)."""
-    ts = [t for t in changes(log.goal_batches()) if t >= t0 and (until_t is None or t <= until_t)]
+def freeze_latency(log: BusLog, t0: float, until_t: float | None = None, tol: float = FREEZE_TOL_STEPS) -> float:
+    """From ``t0`` to the last goal write that changed a goal by more than ``tol`` steps (0: none did)."""
+    ts = [t for t in changes(log.goal_batches(t0 - 1.0), tol) if t >= t0 and (until_t is None or t <= until_t)]
     return max(ts) - t0 if ts else 0.0
 
 
@@ -925,7 +939,7 @@ def scenario_state_hold_estop(out: Outcome, ctx: Context) -> None:
     the arm follows goals again from the present pose (slow start, within the step bound)."""
     f = ctx.folder(out.name)
     estop = f / "so101.estop"
-    with Bus(f) as bus, DoraRun(light_flow(f, bus.link, action_rate_ms=20)) as run:
+    with Bus(f) as bus, DoraRun(light_flow(f, bus.link, action_rate_ms=20, source=FAST)) as run:
         states = StateLog(f / "joint_state.jsonl")
         _wait_running(out, run, bus.log, states, min_moves=10)
         t_touch = _touch(estop)
@@ -1001,7 +1015,7 @@ def scenario_estop_node_killed(out: Outcome, ctx: Context) -> None:
     (`rm`), PARK, torque off, the servo exits 3, `dora run` exits non-zero."""
     f = ctx.folder(out.name)
     estop = f / "so101.estop"
-    with Bus(f) as bus, DoraRun(light_flow(f, bus.link, action_rate_ms=20)) as run:
+    with Bus(f) as bus, DoraRun(light_flow(f, bus.link, action_rate_ms=20, source=FAST)) as run:
         states = StateLog(f / "joint_state.jsonl")
         _wait_running(out, run, bus.log, states, min_moves=10)
         _, t_kill = run.kill_node("nodes/estop/main.py")
