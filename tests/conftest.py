@@ -93,3 +93,18 @@ def emulated_bus(tmp_path, venv_bin):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+
+
+def recorded_count(path) -> int:
+    """How many complete messages a recording file being written holds now (0 before it exists); for
+    conditions to wait on while a dataflow runs."""
+    import warnings
+
+    from so101_deploy.core.recording import read_messages
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unfinished stream warns that it has no end marker yet
+            return len(read_messages(path))
+    except Exception:  # noqa: BLE001 - not there yet, or not even a schema yet
+        return 0

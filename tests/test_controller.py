@@ -276,7 +276,8 @@ def test_loop_needs_a_controller_for_a_fixed_mode(kin):
 SOURCE_NODE = '''
 """Test source: joint_state every tick (a fixed pose), +z Cartesian actions for the first
 N_ACTIONS ticks (e-stop engaged for the last 3 of them), then one joint_delta action (a mode
-mismatch), then silence (the watchdog)."""
+mismatch), then 1.5 s of silence (the watchdog), then it leaves: the controller stops when its inputs
+close, and so the run ends by itself, however long the nodes took to start."""
 import numpy as np
 from dora import Node
 from so101_deploy.core.messages import encode, now_ns
@@ -301,6 +302,8 @@ for event in node:
     elif n == 3 + {n_actions}:
         node.send_output("action", *encode("action", np.zeros(6, np.float32), frame_id=999, stamp_ns=1,
                                            action_space="joint_delta"))
+    elif n > 3 + {n_actions} + 30:
+        break
     n += 1
 '''
 
@@ -330,7 +333,8 @@ def test_controller_node_in_a_dataflow(repo_root, venv_bin, tmp_path, kin):
     path = tmp_path / "flow.yml"
     path.write_text(yaml.safe_dump(flow))
     env = {"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = run_dataflow(path, 6, extra_env=env, grace_s=60)
+    # ends when the source leaves (a deadline, not a window: slow starts on a loaded machine are fine)
+    result = run_dataflow(path, 120, extra_env=env, grace_s=60)
     assert result.returncode == 0, result.log[-3000:]
     goals = read_recording(record_dir)["goal"]
     from_actions = [g for g in goals if g.meta["source"] == "action"]
@@ -352,6 +356,8 @@ def test_controller_node_in_a_dataflow(repo_root, venv_bin, tmp_path, kin):
     assert kin.site_pose(from_actions[-1].data)[0][2] > z0 + 0.005
     prev = Q
     for g in goals:
+        if holds and g is holds[0]:
+            prev = Q  # the e-stop was cleared before it: the filter restarted from the present pose (Q here)
         assert np.all(np.abs(g.data - prev) <= np.array([0.1] * 5 + [0.35]) + 1e-9)
         prev = g.data
     # silence after the actions: the watchdog held, reported once

@@ -23,6 +23,7 @@ from so101_deploy.core.settings import SettingError, Settings
 from so101_deploy.perception.onnx_backend import OnnxBackendError
 from so101_deploy.core.recording import read_messages
 from so101_deploy.perception.depth import SETTINGS as DEPTH_SETTINGS
+from conftest import recorded_count
 
 SIZE = 112  # small inference size for the tiny model: 480x640 -> 112x154
 
@@ -261,8 +262,10 @@ def test_seg_and_depth_nodes_in_a_dora_dataflow(repo_root, venv_bin, generated_v
     path = tmp_path / "perception.yml"
     path.write_text(yaml.safe_dump(flow, sort_keys=False))
     env = {"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = run_dataflow(path, 25, extra_env=env, grace_s=60)  # counts from the daemon start (slow imports)
-    assert result.returncode == 0, result.log[-3000:]
+    # until 3 masks and 3 disparities are recorded: a deadline, not a window (model loading is slow)
+    result = run_dataflow(path, 180, extra_env=env, grace_s=60, until=lambda log: min(
+        recorded_count(rec / "mask.arrow"), recorded_count(rec / "disparity.arrow")) >= 3)
+    assert result.returncode == 0 and result.condition_met, result.log[-3000:]
     assert "Traceback" not in result.log, result.log[-3000:]
     got = read_recording(rec)
     images = {m.frame_id: m for m in got["image"]}

@@ -205,6 +205,95 @@ def test_external_motion_api_for_a_simulator(make_bus):
     assert bus.torque_enabled() == {1: True, 2: False, 3: False, 4: False, 5: False, 6: False}
 
 
+def test_an_id_write_is_answered_from_the_old_id(make_bus, tmp_path):
+    bus, port, ph = make_bus(calibration=None, ids=(1,))
+    # the SDK waits for a status packet from the id it wrote to: a reply from the new id would time out
+    assert ph.write1ByteTxRx(port, 1, sts.REGISTERS["ID"].address, 6) == (scs.COMM_SUCCESS, 0)
+    assert ph.ping(port, 6) == (777, scs.COMM_SUCCESS, 0)
+    assert ph.ping(port, 1)[1] == scs.COMM_RX_TIMEOUT
+    assert bus.servos[1].id == 6  # keys stay the servos' ids at start
+    assert [(r["id"], r["name"], r["value"]) for r in read_log(tmp_path / "writes.jsonl")] == [(1, "ID", 6)]
+
+
+def test_a_servo_answers_only_at_the_speed_of_its_baud_rate_register(make_bus):
+    bus, port, ph = make_bus(calibration=None, ids=(1, 2))
+    assert ph.ping(port, 1)[1] == scs.COMM_SUCCESS and bus.baud_check and bus.port_baudrate() == 1_000_000
+    # Baud_Rate 2 (250 kbps, a non-standard tty rate) on servo 1: the reply still comes at 1 Mbps
+    assert ph.write1ByteTxRx(port, 1, sts.REGISTERS["Baud_Rate"].address, 2) == (scs.COMM_SUCCESS, 0)
+    assert ph.ping(port, 1)[1] == scs.COMM_RX_TIMEOUT  # at 1 Mbps it hears nothing...
+    assert ph.write1ByteTxRx(port, 1, 21, 10)[0] == scs.COMM_RX_TIMEOUT
+    assert bus.servos[1].get("P_Coefficient") == 32  # ...and does nothing
+    assert ph.ping(port, 2)[1] == scs.COMM_SUCCESS
+    assert port.setBaudRate(250_000) and bus.port_baudrate() == 250_000
+    assert ph.ping(port, 1)[1] == scs.COMM_SUCCESS
+    assert ph.ping(port, 2)[1] == scs.COMM_RX_TIMEOUT
+    # LeRobot's table: index 5 is 57600 (Feetech's own says 76800)
+    assert ph.write1ByteTxRx(port, 1, sts.REGISTERS["Baud_Rate"].address, 5) == (scs.COMM_SUCCESS, 0)
+    assert port.setBaudRate(57_600)
+    assert ph.ping(port, 1)[1] == scs.COMM_SUCCESS
+    assert bus.counters["wrong_baud"] >= 3
+    assert port.setBaudRate(9600)  # a speed no servo has
+    assert ph.ping(port, 1)[1] == scs.COMM_RX_TIMEOUT
+
+
+def test_operating_modes_other_than_position_are_rejected(make_bus, tmp_path):
+    bus, port, ph = make_bus()
+    mode = sts.REGISTERS["Operating_Mode"].address
+    assert ph.write1ByteTxRx(port, 2, mode, 1) == (scs.COMM_SUCCESS, 0)  # acknowledged, as every write is
+    assert ph.read1ByteTxRx(port, 2, mode) == (0, scs.COMM_SUCCESS, 0)  # but still position mode
+    assert ph.write1ByteTxRx(port, 2, mode, 0) == (scs.COMM_SUCCESS, 0)
+    rows = read_log(tmp_path / "writes.jsonl")
+    assert rows[0]["name"] == "Operating_Mode" and rows[0]["value"] == 1
+    assert "Operating_Mode 1 (velocity) is not modelled" in rows[0]["rejected"]
+    assert rows[1]["value"] == 0 and "rejected" not in rows[1]
+    assert bus.counters["rejected"] == 1
+
+
+def test_reset_restores_factory_eeprom_but_keeps_the_id(make_bus, tmp_path):
+    bus, port, ph = make_bus()
+    s = bus.servos[4]
+    ph.write1ByteTxRx(port, 4, 55, 0)
+    ph.write1ByteTxRx(port, 4, 21, 16)
+    ph.write1ByteTxRx(port, 4, 40, 1)
+    assert s.get("Homing_Offset") == 96 and s.get("Min_Position_Limit") == 905
+    txpacket = list(sts.instruction(4, sts.RESET))
+    assert ph.txRxPacket(port, txpacket)[1:] == (scs.COMM_SUCCESS, 0)  # answered
+    assert (s.id, s.get("Homing_Offset"), s.get("Min_Position_Limit"), s.get("Max_Position_Limit")) == (4, 0, 0, 4095)
+    assert s.get("P_Coefficient") == 32 and s.get("Return_Delay_Time") == 250
+    assert s.persisted_eeprom == bytes(s.mem[:sts.EEPROM_END])  # written to flash whatever Lock says
+    assert not bus.torque_enabled()[4]
+    reset = {r["name"]: r["value"] for r in read_log(tmp_path / "writes.jsonl") if r["inst"] == "reset"}
+    assert reset == {"Min_Position_Limit": 0, "Max_Position_Limit": 4095, "P_Coefficient": 32,
+                     "Homing_Offset": 0, "Torque_Enable": 0}
+    assert ph.ping(port, 4)[1] == scs.COMM_SUCCESS
+
+
+def test_return_delay_time_delays_the_reply():
+    bus = EmulatedBus(calibration=CAL)  # not started: the protocol alone
+    ping = sts.parse_packets(sts.instruction(3, sts.PING))[0]
+    reply, delay = bus._handle(ping, None)
+    assert sts.parse_packets(reply)[0].servo_id == 3 and delay == pytest.approx(250 * 2e-6)  # factory: 0.5 ms
+    bus._handle(sts.parse_packets(sts.instruction(3, sts.WRITE, [7, 0]))[0], None)  # LeRobot writes 0
+    assert bus._handle(ping, None)[1] == 0.0
+    sync = sts.parse_packets(sts.instruction(sts.BROADCAST_ID, sts.SYNC_READ, [56, 2, 1, 3]))[0]
+    assert bus._handle(sync, None)[1] == pytest.approx(250 * 2e-6)  # the first responder's delay
+
+
+def test_injected_status_bits_reach_every_reply(make_bus):
+    bus, port, ph = make_bus(status_bits={2: sts.ERR_OVERHEAT | sts.ERR_ANGLE})
+    value, result, error = ph.read1ByteTxRx(port, 2, sts.REGISTERS["Present_Temperature"].address)
+    assert result == scs.COMM_SUCCESS and error == 0x06 and value == 75  # over Max_Temperature_Limit (70)
+    assert ph.getRxPacketError(error) == "[RxPacketError] Angle sen error!"
+    bus.set_faults(status_bits={3: sts.ERR_VOLTAGE})
+    assert ph.ping(port, 2) == (777, scs.COMM_SUCCESS, 0)
+    value, _, error = ph.read1ByteTxRx(port, 3, sts.REGISTERS["Present_Voltage"].address)
+    assert error == sts.ERR_VOLTAGE and value == 35  # under Min_Voltage_Limit (40 = 4.0 V)
+    bus.set_faults(status_bits={6: sts.ERR_OVERLOAD})  # the overload bit here = overload_ids
+    assert ph.read2ByteTxRx(port, 6, 60)[2] == sts.ERR_OVERLOAD
+    with pytest.raises(ValueError, match="0..0x7f"):
+        bus.set_faults(status_bits={1: 0x80})
+
+
 @pytest.mark.integration
 def test_cli_process_links_answers_and_cleans_up(tmp_path, venv_bin):
     link = tmp_path / "ttySO101"
@@ -212,9 +301,8 @@ def test_cli_process_links_answers_and_cleans_up(tmp_path, venv_bin):
     proc = subprocess.Popen([str(venv_bin / "so101-deploy"), "emulate-bus", "--link", str(link), "--overload-id", "6"],
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 20
-        while not (link.is_symlink() and os.path.exists(link)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        banner = proc.stdout.readline()  # printed once the bus is served
+        assert banner.startswith("emulate-bus: 6 STS3215") and link.is_symlink() and os.path.exists(link), banner
         port = scs.PortHandler(str(link))
         assert port.openPort()
         ph = scs.PacketHandler(0)
@@ -228,6 +316,43 @@ def test_cli_process_links_answers_and_cleans_up(tmp_path, venv_bin):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+@pytest.mark.integration
+def test_cli_one_factory_servo_with_injected_errors(tmp_path, venv_bin):
+    link = tmp_path / "ttySetup"
+    proc = subprocess.Popen([str(venv_bin / "so101-deploy"), "emulate-bus", "--link", str(link), "--ids", "1",
+                             "--overheat-id", "1", "--voltage-id", "1", "--log", str(tmp_path / "w.jsonl")],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = proc.stdout.readline()
+        assert banner.startswith("emulate-bus: 1 STS3215 (ids [1])"), banner
+        port = scs.PortHandler(str(link))
+        assert port.openPort()
+        ph = scs.PacketHandler(0)
+        assert ph.ping(port, 1) == (777, scs.COMM_SUCCESS, sts.ERR_OVERHEAT | sts.ERR_VOLTAGE)
+        assert ph.ping(port, 2)[1] == scs.COMM_RX_TIMEOUT
+        port.closePort()
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_cli_error_flags_make_status_bits():
+    import argparse
+
+    from so101_deploy.tools import emulate_bus
+
+    parser = argparse.ArgumentParser()
+    emulate_bus.configure_parser(parser)
+    args = parser.parse_args(["--link", "/tmp/x", "--ids", "1", "--voltage-id", "1,3", "--angle-id", "3",
+                              "--overheat-id", "6"])
+    assert args.ids == [1]
+    assert emulate_bus.status_bits(args) == {1: 0x01, 3: 0x03, 6: 0x04}
+    assert parser.parse_args(["--link", "/tmp/x"]).ids == [1, 2, 3, 4, 5, 6]
 
 
 def test_cli_rejects_bad_fault_options(venv_bin, tmp_path):

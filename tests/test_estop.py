@@ -8,6 +8,7 @@ import pytest
 from so101_deploy.core.dataflow import run_dataflow
 from so101_deploy.arm.estop import CLEAR, HOLD, RELEASE, EstopFile
 from so101_deploy.core.recording import read_messages
+from conftest import recorded_count
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +48,10 @@ nodes:
     inputs:
       estop: {{source: estop/estop, queue_size: 100}}
 """)
-    res = run_dataflow(flow, 4)
+    # until 5 messages are recorded (a deadline, not a window: start-up may be slow on a loaded machine)
+    res = run_dataflow(flow, 120, until=lambda log: recorded_count(tmp_path / "rec" / "estop.arrow") >= 5,
+                       linger_s=0.3)
+    assert res.condition_met, res.log[-2000:]
     assert res.returncode == 0, res.log[-2000:]
     msgs = read_messages(tmp_path / "rec" / "estop.arrow")
     assert len(msgs) >= 3

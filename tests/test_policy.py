@@ -325,7 +325,7 @@ def test_observation_and_policy_nodes_in_dora(fixtures, tmp_path):
     path = tmp_path / "flow.yml"
     path.write_text(yaml.safe_dump(flow, sort_keys=False))
     env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = run_dataflow(path, 20, extra_env=env, grace_s=60)  # counts from the daemon start
+    result = run_dataflow(path, 180, extra_env=env, grace_s=60)  # a deadline: it ends when the source is done
     assert result.returncode == 0, result.log[-3000:]
     got = read_recording(record)
 

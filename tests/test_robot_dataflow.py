@@ -19,8 +19,9 @@ def test_real_robot_graph_on_video_and_software_bus(tmp_path):
     fx = write_fixtures(tmp_path / "fixtures")
     models = {"seg": fx["seg_checkpoint"], "depth": fx["depth_hf_dir"], "policy": fx["policy_snapshot"]}
     log = tmp_path / "bus_writes.jsonl"
-    res = bench_graph(models, "cpu", 30, tmp_path / "graph", seg_backend="onnx", depth_backend="onnx",
-                      depth_size=266, bus_log=log)
+    # runs until 15 s after the first action reached the arm (torque on), however long the start took
+    res = bench_graph(models, "cpu", 300, tmp_path / "graph", seg_backend="onnx", depth_backend="onnx",
+                      depth_size=266, bus_log=log, until_torque_s=15)
     dora_log = (tmp_path / "graph" / "dora.log").read_text()
     assert res["returncode"] == 0, dora_log[-3000:]
     rep = res["report"]

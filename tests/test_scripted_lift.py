@@ -110,7 +110,9 @@ def test_sim_scripted_dataflow_lifts_in_dora(repo_root, tmp_path):
     from so101_deploy.core.dataflow import prepare, run_dataflow
 
     flow = prepare(repo_root / "dataflow.sim-scripted.yml", tmp_path / "flow.yml")
-    res = run_dataflow(flow, stop_after_s=12, log_path=tmp_path / "dora.log")
+    # until the first episode ended (a deadline, not a window: node start-up is slow on a loaded machine)
+    res = run_dataflow(flow, stop_after_s=180, log_path=tmp_path / "dora.log",
+                       until=lambda log: "-> reset, episode 2" in log, linger_s=0.5)
     m = re.search(r"(\d+) episodes finished, (\d+) successes", res.log)
     assert m, f"sim_arm did not report at stop (rc {res.returncode}):\n{res.log[-3000:]}"
     finished, wins = int(m.group(1)), int(m.group(2))
@@ -133,7 +135,9 @@ def test_sim_bus_dataflow_real_servo_node_lifts(repo_root, tmp_path):
                    env={"sim_arm": {"SO101_SIM_BUS_LINK": link, "SO101_CALIBRATION": cal},
                         "servo": {"SO101_PORT": link, "SO101_CALIBRATION": cal},
                         "controller": {"SO101_CALIBRATION": cal}})
-    res = run_dataflow(flow, stop_after_s=30, log_path=tmp_path / "dora.log")
+    # until 15 s after the servo node enabled torque (the lift takes ~2 s): a deadline, not a window
+    res = run_dataflow(flow, stop_after_s=240, log_path=tmp_path / "dora.log",
+                       until=lambda log: "torque on, following goals" in log, linger_s=15)
     assert "torque on, following goals" in res.log, res.log[-3000:]
     m = re.search(r"episode 1 at step (\d+): success=(True|False), cube z ([0-9.]+) m", res.log)
     assert m, f"sim_arm did not report at stop (rc {res.returncode}):\n{res.log[-3000:]}"

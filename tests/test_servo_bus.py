@@ -70,8 +70,9 @@ def test_goal_steps_outside_the_encoder_range_are_refused(bus):
 
 def test_handshake_names_missing_servos(tmp_path):
     with EmulatedBus(tmp_path / "tty", calibration=CAL, silent_ids={3, 6}) as emu:
-        b = ServoBus(emu.path, CAL, write_retries=0)
-        with pytest.raises(ServoBusError, match=r"no answer from elbow_flex \(id 3\), gripper \(id 6\)"):
+        b = ServoBus(emu.path, CAL, write_retries=1, reply_window_ms=120)  # a loaded box: healthy ones answer
+        with pytest.raises(ServoBusError, match=r"no answer from elbow_flex \(id 3\), gripper \(id 6\) after 2 "
+                                                r"tries \(last: \[TxRxResult\] There is no status packet!\)"):
             b.connect()
         assert not b.is_open
 
@@ -119,3 +120,78 @@ def test_an_unplugged_bus_is_a_clear_error_and_release_reports_it(emu, bus):
     with pytest.raises(ServoBusError, match="port does not work any more"):
         bus.write_goal_steps(np.full(6, 2048))
     assert bus.close() == [1, 2, 3, 4, 5, 6]  # release could not be confirmed; no exception
+
+
+# --- status bits and start-up retries ----------------------------------------------------------------
+
+def test_every_status_bit_is_decoded_by_name():
+    from so101_deploy.arm.servo_bus import STATUS_BITS, decode_status
+
+    # the reference's bit numbers (the SDK's ERRBIT_* agree on voltage 1, angle 2, overheat 4, overload 32)
+    assert STATUS_BITS == {"voltage": 0x01, "angle": 0x02, "overheat": 0x04, "current": 0x08, "overload": 0x20}
+    assert decode_status(0) == []
+    assert decode_status(0x2D) == ["voltage", "overheat", "current", "overload"]
+    assert decode_status(0x50) == ["bit4", "bit6"]  # reserved bits are still reported
+
+
+def test_status_bits_of_each_servo_are_in_the_reading(emu, bus):
+    emu.set_faults(status_bits={3: 0x04, 2: 0x01 | 0x08, 4: 0x02}, overload_ids={6})
+    reading = bus.read()
+    assert reading.ok
+    assert reading.status_errors == {2: ["voltage", "current"], 3: ["overheat"], 4: ["angle"], 6: ["overload"]}
+    assert reading.overload_ids == [6]
+    emu.set_faults(status_bits={}, overload_ids=())
+    assert bus.read().status_errors == {}
+    with pytest.raises(ValueError, match="0..0x7[fF]"):
+        emu.set_faults(status_bits={1: 0x80})  # the SDK drops replies with bit 7: never injected
+
+
+def test_an_exception_inside_the_sdks_ping_is_a_failed_try(emu):
+    b = ServoBus(emu.path, CAL, reply_window_ms=120)
+    real_ping, calls = b._ph.ping, []
+
+    def flaky_ping(port, servo_id):  # what a stale reply does to scservo_sdk 1.0.0's ping (data_read[0])
+        calls.append(servo_id)
+        if servo_id == 2 and calls.count(2) <= 2:
+            raise IndexError("list index out of range")
+        return real_ping(port, servo_id)
+
+    b._ph.ping = flaky_ping
+    b.connect()  # retried with a backoff: connects
+    try:
+        assert calls.count(2) == 3 and b.errors["sdk_error"] == 2
+    finally:
+        b.close(release_torque=False)
+
+    def broken_ping(port, servo_id):
+        raise IndexError("list index out of range")
+
+    b2 = ServoBus(emu.path, CAL, reply_window_ms=120, write_retries=2)
+    b2._ph.ping = broken_ping
+    with pytest.raises(ServoBusError, match=r"no answer from .* after 3 tries \(last: IndexError inside "
+                                            r"scservo_sdk: list index out of range\)"):
+        b2.connect()
+    assert not b2.is_open
+
+
+def test_configure_writes_are_retried(emu, bus, monkeypatch):
+    import scservo_sdk as scs
+
+    real_write, lost = bus._ph.write1ByteTxRx, []
+
+    def flaky_write(port, servo_id, address, value):  # Lock=1 lost twice on id 4, then an SDK exception
+        if servo_id == 4 and address == 55 and value == 1 and len(lost) < 3:
+            lost.append(address)
+            if len(lost) == 3:
+                raise IndexError("list index out of range")
+            return scs.COMM_RX_TIMEOUT, 0
+        return real_write(port, servo_id, address, value)
+
+    monkeypatch.setattr(bus._ph, "write1ByteTxRx", flaky_write)
+    bus.configure()
+    assert len(lost) == 3 and emu.register(4, "Lock") == 1
+    assert bus.errors["write_failed"] == 2 and bus.errors["sdk_error"] == 1
+    bus.write_retries = 1
+    lost.clear()
+    with pytest.raises(ServoBusError, match=r"write Lock=1 not acknowledged after 2 tries: \[TxRxResult\]"):
+        bus.configure()

@@ -422,3 +422,205 @@ def test_settings_are_read_and_checked():
     with pytest.raises(SettingError, match="SO101_MAX_STEP_RAD"):
         ServoSettings.from_settings(Settings("servo", SERVO_SETTINGS, {"SO101_PORT": "p", "SO101_CALIBRATION": "c",
                                                        "SO101_MAX_STEP_RAD": "3"}))
+
+
+# --- servo status bits, start-up retries, the bus lost and found -------------------------------------
+
+def _node_with(emu: EmulatedBus, **env) -> ServoNode:
+    """A node from its settings (``env``: SO101_* overrides), like the dora node builds it."""
+    from so101_deploy.core.settings import Settings
+
+    raw = Settings("servo", SERVO_SETTINGS, {"SO101_PORT": emu.path, "SO101_CALIBRATION": str(CAL_PATH),
+                                             "SO101_MAX_STEP_RAD": str(MAX_STEP_RAD),
+                                             "SO101_SERVO_REPLY_WINDOW_MS": "120", **env})
+    return ServoNode.from_settings(ServoSettings.from_settings(raw), raw)
+
+
+def _tick_until(node: ServoNode, predicate, timeout_s: float, what: str, goal=None, on_tick=None) -> list[dict]:
+    """Fresh goals (``goal``, default the pose read at start) and ticks every ~10 ms until
+    ``predicate(meta)``; returns the metadata of every tick.  A deadline, never a fixed wait."""
+    metas, deadline = [], time.monotonic() + timeout_s
+    goal = node._prev.positions_rad.copy() if goal is None else goal
+    while time.monotonic() < deadline:
+        node.on_goal(goal)
+        out = node.on_tick()
+        assert out is not None and np.all(np.isfinite(out[0]))
+        metas.append(out[1])
+        if on_tick is not None:
+            on_tick(node)
+        if predicate(out[1]):
+            return metas
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last {metas[-1] if metas else None}")
+
+
+def _after(n: int):
+    """A predicate true from its ``n``-th call on (``n`` more ticks)."""
+    calls = []
+    return lambda _meta: calls.append(1) or len(calls) >= n
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "so101_deploy.arm.servo_node"]
+
+
+@pytest.mark.integration
+def test_status_bits_are_reported_and_overheat_holds_then_parks(tmp_path, caplog):
+    caplog.set_level("INFO")
+    log = tmp_path / "writes.jsonl"
+    with EmulatedBus(tmp_path / "tty", calibration=CAL, log_path=log) as emu:
+        node = _node_with(emu, SO101_PARK_AFTER_S="0.5", SO101_REST_POSE_RAD="0.04,-0.04,0.04,0,0,0.02")
+        node.start()
+        try:
+            _tick_until(node, lambda m: m["state"] == "run" and m["torque"] == "on", 10, "RUN")
+            emu.set_faults(status_bits={5: 0x01, 4: 0x02})  # voltage and angle: reported, the arm keeps running
+            metas = _tick_until(node, lambda m: m["status"] == "4:angle,5:voltage", 10, "the status report")
+            metas += _tick_until(node, _after(20), 10, "20 more ticks")
+            assert all(m["state"] == "run" for m in metas)
+            emu.set_faults(status_bits={5: 0x01, 4: 0x02, 3: 0x04})  # overheat: hold, then park
+            t0 = time.monotonic()
+            metas = _tick_until(node, lambda m: node.exit_reason is not None, 15, "the park after the hold")
+            t_exit = time.monotonic()
+        finally:
+            node.shutdown()
+    states = [m["state"] for m in metas]
+    first = {s: states.index(s) for s in ("hold", "park", "limp")}
+    assert first["hold"] < first["park"] < first["limp"], states
+    assert metas[first["hold"]]["status"] == "3:overheat,4:angle,5:voltage"
+    assert t_exit - t0 >= 0.5  # it held for SO101_PARK_AFTER_S before parking
+    assert "overheat reported by ids [3]" in node.exit_reason and "parked, torque off" in node.exit_reason
+    assert_torque_released_last(read_log(log))
+    lines = [m for m in _messages(caplog) if m.startswith("servo status bits")]
+    assert lines == ["servo status bits: 4:angle,5:voltage (reported only)",
+                     "servo status bits: 3:overheat,4:angle,5:voltage (holding on overheat, SO101_FAULT_BITS)"]
+
+
+def test_fault_bits_setting():
+    from so101_deploy.core.settings import SettingError, Settings
+
+    def parse(value):
+        env = {"SO101_PORT": "p", "SO101_CALIBRATION": "c", "SO101_FAULT_BITS": value}
+        return ServoSettings.from_settings(Settings("servo", SERVO_SETTINGS, env)).fault_bits
+
+    assert parse("") == ("overheat", "current", "overload")  # the default
+    assert parse("overload, Voltage") == ("voltage", "overload") and parse("none") == ()
+    with pytest.raises(SettingError, match="SO101_FAULT_BITS.*'overtemp'.*voltage, angle, overheat"):
+        parse("overtemp,overload")
+
+
+@pytest.mark.integration
+def test_an_index_error_in_the_sdks_ping_at_start_is_retried(tmp_path):
+    with EmulatedBus(tmp_path / "tty", calibration=CAL) as emu:
+        node = _node(emu)
+        real_ping, calls = node.bus._ph.ping, []
+
+        def flaky_ping(port, servo_id):
+            calls.append(servo_id)
+            if len(calls) == 1:
+                raise IndexError("list index out of range")  # scservo_sdk's ping on a short reply
+            return real_ping(port, servo_id)
+
+        node.bus._ph.ping = flaky_ping
+        try:
+            node.start()
+            assert node.started and node.bus.errors["sdk_error"] == 1 and calls[:2] == [1, 1]
+        finally:
+            node.shutdown()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_the_bus_comes_back_after_the_emulator_restarts(tmp_path, caplog):
+    caplog.set_level("INFO")
+    link, log1, log2 = tmp_path / "ttySO101", tmp_path / "writes1.jsonl", tmp_path / "writes2.jsonl"
+    emu = EmulatedBus(link, calibration=CAL, log_path=log1).start()
+    emu2 = None
+    node = _node_with(emu, SO101_PORT_WAIT_S="30")
+    node.start()
+    try:
+        _tick_until(node, lambda m: m["state"] == "run" and m["torque"] == "on", 10, "RUN")
+        emu.stop()  # the cable is pulled (the link disappears, the pty is dead)
+        estops = []
+        metas = _tick_until(node, lambda m: m["bus"] == "lost" and m["state"] == "hold", 10, "the hold on the lost bus",
+                            on_tick=lambda n: estops.append(n.on_estop(0)))  # e-stop messages keep coming
+        # the arm was moved while the bus was away: the new bus starts elsewhere for shoulder_pan
+        emu2 = EmulatedBus(link, calibration=CAL, log_path=log2, initial_steps={1: 2300}).start()
+        metas += _tick_until(node, lambda m: m["bus"] == "ok" and m["state"] == "run", 30, "the reconnect")
+        metas += _tick_until(node, _after(60), 20, "goals after the reconnect",
+                             goal=np.array([0.8, 0.3, -0.3, 0.3, 0.3, 0.5]))
+    finally:
+        node.shutdown()
+        emu.stop()
+        if emu2 is not None:
+            emu2.stop()
+    assert node.exit_reason is None and node.events["bus_lost"] == 1 and node.events["bus_reconnected"] == 1
+    rows = read_log(log2)
+    present = {m.id: round((m.range_min + m.range_max) / 2) for m in CAL.motors} | {1: 2300}
+    for i in IDS:  # Goal_Position := the present pose, then torque on; every goal from there step-bounded
+        mine = [r for r in rows if r["id"] == i and r["name"] in ("Goal_Position", "Torque_Enable")]
+        first_goal = next(r for r in mine if r["name"] == "Goal_Position")
+        first_on = next(r for r in mine if r["name"] == "Torque_Enable" and r["value"] == 1)
+        assert first_goal["value"] == present[i] and mine.index(first_goal) < mine.index(first_on), mine[:4]
+    assert_goals_safe(rows)
+    moved = [r["value"] for r in rows if r["id"] == 1 and r["name"] == "Goal_Position"]
+    assert max(moved) > 2300 + 20  # it follows goals again, from where the arm is
+    assert_torque_released_last(rows)
+    messages = _messages(caplog)
+    assert len([m for m in messages if m.startswith("servo bus lost")]) == 1, messages
+    assert len([m for m in messages if m.startswith("servo bus back after")]) == 1, messages
+    assert not any(r.exc_info for r in caplog.records) and not any("Traceback" in m for m in messages)
+    assert len(messages) < 20, messages  # one line per change, not one per tick
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_consecutive_whole_bus_failures_count_across_estop_messages(tmp_path, caplog):
+    caplog.set_level("INFO")
+    with EmulatedBus(tmp_path / "tty", calibration=CAL) as emu:
+        node = _node_with(emu, SO101_PORT_WAIT_S="30")
+        node.bus_lost_after = 3
+        node.start()
+        try:
+            _tick_until(node, lambda m: m["state"] == "run", 10, "RUN")
+            emu.set_faults(silent_ids=IDS)  # the servos' power is cut: the port works, nobody answers
+            counts = []
+
+            def estop_then_count(n):
+                n.on_estop(0)  # must not reset the count
+                counts.append(n.bus_errors_in_row)
+                if n._lost_since is not None:
+                    emu.set_faults(silent_ids=())  # power back: the next try reconnects
+
+            metas = _tick_until(node, lambda m: m["bus"] == "lost", 30, "the lost bus", on_tick=estop_then_count)
+            assert counts[-3:] == [1, 2, 3]
+            _tick_until(node, lambda m: m["bus"] == "ok" and m["state"] == "run", 30, "the reconnect")
+        finally:
+            node.shutdown()
+    assert any("3 bus errors in a row (last: no servo answered)" in m for m in _messages(caplog))
+    assert metas[-1]["missing_ids"] == "1,2,3,4,5,6"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_bus_that_never_comes_back_ends_the_node_with_one_line(tmp_path, caplog):
+    caplog.set_level("INFO")
+    emu = EmulatedBus(tmp_path / "ttySO101", calibration=CAL).start()
+    node = _node_with(emu, SO101_PORT_WAIT_S="1.5")
+    node.start()
+    try:
+        _tick_until(node, lambda m: m["state"] == "run" and m["torque"] == "on", 10, "RUN")
+        emu.stop()
+        t0 = time.monotonic()
+        metas = _tick_until(node, lambda m: node.exit_reason is not None, 1.5 + 3.0, "giving up")
+        assert time.monotonic() - t0 >= 1.5
+    finally:
+        node.shutdown()
+        emu.stop()
+    assert metas[-1]["state"] == "limp" and metas[-1]["torque"] == "off" and metas[-1]["bus"] == "gave_up"
+    assert "not back within SO101_PORT_WAIT_S=1.5 s" in node.exit_reason
+    assert node.exit_reason.endswith("torque release not possible (the port is gone)")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len([m for m in errors if m.startswith("LIMP:")]) == 1, errors
+    assert len(errors) == 2, errors  # the loss, and giving up
+    assert not any(r.exc_info for r in caplog.records)
+    assert not any("torque released on all servos" in m for m in _messages(caplog))

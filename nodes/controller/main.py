@@ -18,7 +18,7 @@ from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
 SPEC = NodeSpec("controller", SETTINGS + (GRIPPERFRAME_SETTING,),
                 inputs={"action": "action", "joint_state": "joint_state", "estop": "estop", "reset": "joint_state",
                         "tick": RAW},
-                outputs=("goal",), optional=frozenset({"estop", "reset"}))
+                outputs=("goal",), optional=frozenset({"reset"}), waivers={"estop": ("SO101_ESTOP", "none")})
 
 
 def build(settings, ctx) -> Handlers:

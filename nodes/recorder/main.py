@@ -2,6 +2,9 @@
 
 Inputs: any, as wired in the YAML; each is recorded to `<input id>.arrow` (see so101_deploy.core.recording)
 after it is validated with its message schema (a rejected message is reported and not written).
+`tick` (optional, a dora timer, e.g. `dora/timer/millis/250`) is not recorded: it flushes topics that went
+quiet, so every message is in its file within a second and a `kill -9` loses at most the last second.
+Without it a topic is flushed when its next message comes (at least every 0.5 s while it flows) and at stop.
 Settings: SO101_RECORD_DIR (required) and SO101_RECORD_TYPES (`input_id=schema,...`, e.g.
 `image=image,mask=seg_mask`; an input not listed is recorded with the schema of its own name).
 Counts are printed at stop.
@@ -11,7 +14,7 @@ import sys
 from pathlib import Path
 
 from so101_deploy.core.messages import SCHEMAS, Message
-from so101_deploy.core.node import Handlers, NodeSpec, SettingError, run_node
+from so101_deploy.core.node import RAW, Handlers, NodeSpec, SettingError, StopNode, run_node
 from so101_deploy.core.recording import Recorder
 from so101_deploy.core.settings import Setting
 
@@ -20,7 +23,9 @@ SETTINGS = (
     Setting("SO101_RECORD_DIR", "str", required=True, doc="the recording folder (one <input id>.arrow per input)"),
     Setting("SO101_RECORD_TYPES", "str", "", "input_id=schema,... for inputs not named after their schema"),
 )
-SPEC = NodeSpec(NODE, SETTINGS)  # inputs: whatever the YAML wires (read from dora's node config)
+TICK = "tick"
+# inputs: whatever the YAML wires (read from dora's node config), all recorded but the optional flush timer
+SPEC = NodeSpec(NODE, SETTINGS, inputs={TICK: RAW}, optional=frozenset({TICK}), any_inputs=True)
 
 
 def parse_record_types(text: str | None, input_ids: list[str]) -> dict[str, str]:
@@ -50,12 +55,14 @@ def parse_record_types(text: str | None, input_ids: list[str]) -> dict[str, str]
 
 def build(settings, ctx) -> Handlers:
     folder = Path(settings["SO101_RECORD_DIR"])
-    input_ids = sorted(ctx.node_config().get("inputs", {}))
+    wired = set(ctx.node_config().get("inputs", {}))
+    input_ids = sorted(wired - {TICK})
     if not input_ids:
         raise SettingError(f"{NODE}: the node has no inputs in the dataflow YAML; nothing to record")
     types = parse_record_types(settings["SO101_RECORD_TYPES"], input_ids)
     recorder = Recorder(folder)
-    ctx.log.info(f"recording {types} to {folder.resolve()}")
+    ctx.log.info(f"recording {types} to {folder.resolve()}" + ("" if TICK in wired else
+                 f" (no {TICK!r} timer input: a topic that goes quiet is flushed with its next message or at stop)"))
 
     def record(input_id: str):
         def handler(msg: Message) -> None:
@@ -67,9 +74,15 @@ def build(settings, ctx) -> Handlers:
         counts = {topic: w.count for topic, w in recorder.writers.items()}
         ctx.log.info(f"recorded {counts} to {folder.resolve()}")
 
-    # an input whose node is gone leaves the others to record until the end
-    return Handlers(on_input={i: record(i) for i in types}, on_stop=on_stop, schemas=types,
-                    on_closed=lambda input_id: None)
+    closed: set[str] = set()
+
+    def on_closed(input_id: str) -> None:  # the others keep recording; when all are gone, the recorder ends
+        closed.add(input_id)
+        if set(types) <= closed:
+            raise StopNode("every recorded input is gone")
+
+    return Handlers(on_input={i: record(i) for i in types}, on_tick={TICK: recorder.flush_due}, on_stop=on_stop,
+                    schemas=types, on_closed=on_closed)
 
 
 def main(node=None, env=None) -> int:

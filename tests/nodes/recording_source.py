@@ -3,7 +3,8 @@
 Settings: SO101_SOURCE_DIR (a recording folder, see so101_deploy.core.recording; required),
 SO101_SOURCE_ORDER (comma-separated topics: at equal stamp_ns the earlier topic goes first).
 Each message leaves on the output named like its topic, exactly as it was recorded.
-Waits SO101_SOURCE_START_TICKS ticks first so that slow-starting receivers are up.
+Waits SO101_SOURCE_START_TICKS ticks first so that slow-starting receivers are up, and leaves 10 ticks
+after the last message: the nodes it feeds stop when their inputs close, so the run ends by itself.
 """
 
 from dora import Node
@@ -30,13 +31,19 @@ events.sort(key=lambda e: e[:2])
 
 node = Node()
 ticks = 0
+done_at = None
 for event in node:
     if event["type"] == "STOP":
         break
     if event["type"] != "INPUT" or event["id"] != "tick":
         continue
     ticks += 1
-    if ticks <= start_ticks or not events:
+    if ticks <= start_ticks:
+        continue
+    if not events:
+        done_at = done_at or ticks
+        if ticks - done_at >= 10:
+            break
         continue
     _, _, topic, value, meta = events.pop(0)
     node.send_output(topic, value, meta)

@@ -35,6 +35,7 @@ import numpy as np
 from so101_deploy.arm.kinematics import N_ARM, Kinematics, gripper_action_to_rad
 from so101_deploy.core.messages import ACTION_SPACES, JOINT_NAMES, N_JOINTS
 from so101_deploy.core.settings import Setting, SettingError
+from so101_deploy.arm.estop import WIRING_SETTING as ESTOP_WIRING_SETTING
 from so101_deploy.arm.safety import JointLimits, SafetyFilter
 
 WRIST_ROLL = JOINT_NAMES.index("wrist_roll")
@@ -43,6 +44,7 @@ MODES = ("auto", "cartesian", "joint_delta")
 # never slows a 50 Hz pipeline yet stops a wild goal; the gripper gets 0.35 so open<->close
 # (1.92 rad) takes ~6 goals instead of 20.
 DEFAULT_MAX_STEP_RAD = "0.1,0.1,0.1,0.1,0.1,0.35"
+MAX_PER_STEP_RAD = 0.5  # no setting may allow more per step (25 rad/s at 50 Hz is already absurd)
 # e-stop message values (schema "estop")
 ESTOP_RELEASED, ESTOP_HOLD, ESTOP_RELEASE_TORQUE = 0, 1, 2
 
@@ -288,6 +290,7 @@ def limits_with_calibration(kin: Kinematics, calibration_path: str | None) -> Jo
 
 
 SETTINGS = (
+    ESTOP_WIRING_SETTING,
     Setting("SO101_CONTROL_MODE", "choice", "auto", "auto (from the action's space), cartesian (4-D) or "
             "joint_delta (6-D)", choices=MODES),
     Setting("SO101_CALIBRATION", "str", None, "the arm's LeRobot calibration JSON: its ranges tighten the joint "
@@ -316,9 +319,10 @@ def _float_list(settings, key: str) -> np.ndarray:
     except ValueError:
         raise SettingError(f"{settings.node}: {key}={raw!r} must be a number or {N_JOINTS} comma-separated "
                            f"numbers ({', '.join(JOINT_NAMES)})") from None
-    if values.shape not in ((1,), (N_JOINTS,)) or not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise SettingError(f"{settings.node}: {key}={raw!r} must be one positive number or {N_JOINTS} of them "
-                           f"({', '.join(JOINT_NAMES)})")
+    if values.shape not in ((1,), (N_JOINTS,)) or not np.all(np.isfinite(values)) or np.any(values <= 0) \
+            or np.any(values > MAX_PER_STEP_RAD):
+        raise SettingError(f"{settings.node}: {key}={raw!r} must be one number in (0, {MAX_PER_STEP_RAD}] or "
+                           f"{N_JOINTS} of them ({', '.join(JOINT_NAMES)})")
     return np.broadcast_to(values, (N_JOINTS,)).copy()
 
 

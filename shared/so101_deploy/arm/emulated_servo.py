@@ -10,7 +10,17 @@ registers, as the firmware behaves:
 * Present_Position = (encoder - Homing_Offset) mod 4096; Goal_Position is in the same frame.
 * Lock gates persistence: an EEPROM write (address < 40) always changes the live value; it is
   also persisted (``persisted_eeprom``) only while Lock == 0.  Read-only registers ignore writes.
-  Writing ID re-addresses the servo.  Torque_Enable=128 re-centres (Homing_Offset so present reads 2048).
+  Writing ID re-addresses the servo (the bus still answers that write from the old ID).
+  Torque_Enable=128 re-centres (Homing_Offset so present reads 2048).
+* Operating_Mode: only 0 (position) is modelled; a write of 1-3 (velocity, PWM, step) or more is
+  acknowledged but rejected (the register keeps its value; :attr:`EmulatedServo.rejected` says why).
+* :meth:`EmulatedServo.factory_reset` (instruction RESET): every EEPROM register back to its factory
+  value except ID, persisted; torque off.  Whether a real STS3215 keeps its ID is disputed (servolab:
+  kept; feetech-cli's simulator: 1): kept here, so the servo stays addressable.
+* Injected status bits (``fault_bits``: voltage 0x01, angle 0x02, overheat 0x04, overcurrent 0x08)
+  appear in Status and every reply's ERR byte; overheat also reads Present_Temperature 5 degC over
+  Max_Temperature_Limit, voltage reads Present_Voltage 0.5 V under Min_Voltage_Limit.  The torque cut
+  the firmware applies for them (Unloading_Condition) is not modelled.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ OVERLOAD_LOAD = 1000  # Present_Load (0.1 % PWM) reported by an overloaded servo
 _TORQUE = sts.REGISTERS["Torque_Enable"]
 _LOCK = sts.REGISTERS["Lock"]
 _ID = sts.REGISTERS["ID"]
+_MODE = sts.REGISTERS["Operating_Mode"]
 
 
 class EmulatedServo:
@@ -40,6 +51,8 @@ class EmulatedServo:
         self.velocity_sps = 0.0
         self.pending: tuple[int, bytes] | None = None  # REG_WRITE waiting for ACTION
         self.overload = False
+        self.fault_bits = 0  # injected Status bits besides overload (see module doc)
+        self.rejected: list[tuple[int, str, int, str]] = []  # the last write's rejected (addr, name, value, why)
 
     # raw register access
     def _set_raw(self, reg: sts.Register, raw: int) -> None:
@@ -113,11 +126,45 @@ class EmulatedServo:
         moving = self.torque_on and abs(self.target - p) >= 1.0
         self.mem[sts.REGISTERS["Moving"].address] = 1 if moving else 0
         status_reg = sts.REGISTERS["Status"].address
-        self.mem[status_reg] = sts.ERR_OVERLOAD if self.overload else 0
+        self.mem[status_reg] = ((sts.ERR_OVERLOAD if self.overload else 0) | self.fault_bits) & sts.ERR_MAX
+        temperature = sts.REGISTERS["Present_Temperature"].default
+        if self.fault_bits & sts.ERR_OVERHEAT:
+            temperature = min(255, self.get("Max_Temperature_Limit") + 5)
+        self.set("Present_Temperature", temperature)
+        voltage = sts.REGISTERS["Present_Voltage"].default
+        if self.fault_bits & sts.ERR_VOLTAGE:
+            voltage = max(0, self.get("Min_Voltage_Limit") - 5)
+        self.set("Present_Voltage", voltage)
+
+    @property
+    def baudrate(self) -> int | None:
+        """The port speed (bit/s) this servo listens at: its Baud_Rate index in LeRobot's table."""
+        return sts.BAUDRATE_OF_INDEX.get(self.mem[sts.REGISTERS["Baud_Rate"].address])
+
+    def factory_reset(self) -> list[tuple[int, str | None, int]]:
+        """RESET: EEPROM registers to their factory values (ID kept), persisted; torque off.  Returns
+        the registers that changed, like :meth:`write`."""
+        before = bytes(self.mem)
+        for reg in sts.REGISTERS.values():
+            if reg.address < sts.EEPROM_END and reg.name != "ID":
+                self._set_raw(reg, reg.default)
+        self.mem[_TORQUE.address] = 0
+        self.persisted_eeprom = bytes(self.mem[: sts.EEPROM_END])
+        self.target = self.present()
+        self.velocity_sps = 0.0
+        changed = []
+        for reg in sts.REGISTERS.values():
+            a = reg.address
+            if sts.REGISTER_AT.get(a) is not reg or reg.read_only:
+                continue
+            if before[a: a + reg.size] != self.mem[a: a + reg.size]:
+                changed.append((a, reg.name, self.get(reg.name)))
+        return changed
 
     # writes: returns the (address, register, decoded value) writes that took effect, for the log
     def write(self, address: int, data: bytes) -> list[tuple[int, str | None, int]]:
         accepted: list[tuple[int, str | None, int]] = []
+        self.rejected = []
         end = min(address + len(data), sts.TABLE_END)
         old_offset = self.get("Homing_Offset")
         old_torque = self.mem[_TORQUE.address]
@@ -126,6 +173,12 @@ class EmulatedServo:
         for a in range(address, end):
             reg = sts.REGISTER_AT.get(a) or _register_containing(a)
             if reg is not None and reg.read_only:
+                continue
+            if a == _MODE.address and data[a - address] != 0:
+                mode = data[a - address]
+                self.rejected.append((a, _MODE.name, mode, f"Operating_Mode {mode} "
+                                      f"({sts.OPERATING_MODES.get(mode, 'not a mode')}) is not modelled: "
+                                      f"position mode (0) only"))
                 continue
             changed[a] = data[a - address]
             written.add(a)

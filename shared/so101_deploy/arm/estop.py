@@ -18,6 +18,10 @@ from so101_deploy.core.settings import Setting
 CLEAR, HOLD, RELEASE = 0, 1, 2
 SETTINGS = (Setting("SO101_ESTOP_FILE", "str", "/tmp/so101.estop", "the e-stop file: present = hold, "
                     "'release' in it = release torque, absent = clear"),)
+# Declared by the nodes that act on the e-stop (controller, servo): their `estop` input must be wired
+# unless the flow says, in so many words, that it has no e-stop node.
+WIRING_SETTING = Setting("SO101_ESTOP", "choice", "required", "required: the estop input must be wired; none: "
+                         "this flow has no e-stop node (simulation)", choices=("required", "none"))
 NAMES = {CLEAR: "clear", HOLD: "hold", RELEASE: "release torque"}
 
 

@@ -19,6 +19,14 @@ Robustness beyond the stock SDK:
 * The SDK busy-polls the port while waiting for a reply; empty polls sleep 0.1 ms instead.
 * Torque release first broadcasts Torque_Enable=0 (one packet reaches every servo, no reply to
   lose), then writes and confirms it per servo.
+* Every exchange of the start-up (ping, configure writes and reads) is retried with a short
+  backoff; an exception inside ``scservo_sdk`` (an ``IndexError`` on a stale or short reply) counts
+  as a failed try, and the last error is named when all tries failed.
+* The status byte of every servo read (the Status register, which the servo also sends as the ERR
+  byte of each reply) is decoded into named bits (:data:`STATUS_BITS`: voltage, angle, overheat,
+  current, overload): ``Reading.status_errors``.
+* A port that stops working (unplugged adapter, stopped emulator) raises :class:`ServoPortError`,
+  so the caller can tell it from a servo that does not answer.
 """
 
 from __future__ import annotations
@@ -47,10 +55,27 @@ CONFIGURE_PID = (("Operating_Mode", 0), ("P_Coefficient", 16), ("I_Coefficient",
 CONFIGURE_GRIPPER = (("Max_Torque_Limit", 500), ("Protection_Current", 250), ("Overload_Torque", 25))
 PHASE_MULTI_TURN_BIT = 0x10
 REPLY_WINDOW_MS = 50.0  # how long the SDK waits for a reply (LeRobot's value; stock SDK: 34 ms)
+RETRY_BACKOFF_S = 0.02  # the first pause between two tries of a start-up exchange; doubles, at most 0.2 s
+RETRY_BACKOFF_MAX_S = 0.2
+
+# The Status register (address 65) = the ERR byte of every reply: bit 0 input voltage, bit 1 angle
+# (magnetic encoder), bit 2 overheat, bit 3 over-current, bit 5 overload (the SDK's ERRBIT_* and the
+# Feetech memory table agree; bits 4, 6 and 7 are reserved).  Reserved bits are reported as "bit<n>".
+STATUS_BITS = {"voltage": 0x01, "angle": 0x02, "overheat": 0x04, "current": 0x08, "overload": 0x20}
+
+
+def decode_status(byte: int) -> list[str]:
+    """The names of the bits set in a status byte, lowest bit first (``[]`` when the servo is fine)."""
+    names = {bit: name for name, bit in STATUS_BITS.items()}
+    return [names.get(1 << n, f"bit{n}") for n in range(8) if byte & (1 << n)]
 
 
 class ServoBusError(RuntimeError):
     """The bus cannot be used: port missing, servos not answering, wrong model, a write not acknowledged."""
+
+
+class ServoPortError(ServoBusError):
+    """The port itself does not work (any more): unplugged, the emulator stopped, or not open."""
 
 
 class _PortHandler(scs.PortHandler):
@@ -85,7 +110,7 @@ class Reading:
     steps: np.ndarray  # (6,) int64, Present_Position
     positions_rad: np.ndarray  # (6,)
     load: np.ndarray  # (6,) Present_Load, 0.1 % PWM, signed
-    status: dict[int, int]  # id -> Status register (error bits)
+    status: dict[int, int]  # id -> Status register (error bits), servos read in this read only
     missing_ids: list[int]  # servos with no fresh data in this read
     overload_ids: list[int]
     attempts: int
@@ -98,11 +123,17 @@ class Reading:
     def ok(self) -> bool:
         return not self.missing_ids
 
+    @property
+    def status_errors(self) -> dict[int, list[str]]:
+        """id -> the names of its status bits set (:data:`STATUS_BITS`), servos with any bit set only."""
+        return {i: decode_status(s) for i, s in sorted(self.status.items()) if s}
+
 
 class ServoBus:
     def __init__(self, port: str, calibration: Calibration, baudrate: int = sts.DEFAULT_BAUDRATE,
                  read_retries: int = 2, write_retries: int = 3, absent_after: int = 5,
-                 probe_interval_s: float = 0.5, reply_window_ms: float = REPLY_WINDOW_MS):
+                 probe_interval_s: float = 0.5, reply_window_ms: float = REPLY_WINDOW_MS,
+                 retry_backoff_s: float = RETRY_BACKOFF_S):
         if read_retries < 0 or write_retries < 0:
             raise ValueError("ServoBus: retries must be >= 0")
         if not 1.0 <= reply_window_ms <= 1000.0:
@@ -117,6 +148,7 @@ class ServoBus:
         self.write_retries = write_retries
         self.absent_after = absent_after
         self.probe_interval_s = probe_interval_s
+        self.retry_backoff_s = float(retry_backoff_s)
         self.errors = collections.Counter()  # kind -> count, e.g. "read_timeout", "read_corrupt"
         self.reads = 0
         self._port: _PortHandler | None = None
@@ -139,11 +171,14 @@ class ServoBus:
         try:
             opened = port.openPort() and port.setBaudRate(self.baudrate)
         except Exception as e:  # noqa: BLE001 - pyserial raises SerialException/OSError/ValueError
-            raise ServoBusError(f"cannot open servo bus port {self.port_name!r}: {e} (is the adapter plugged in, "
+            raise ServoPortError(f"cannot open servo bus port {self.port_name!r}: {e} (is the adapter plugged in, "
                                 f"or `so101-deploy emulate-bus --link {self.port_name}` running?)") from None
         if not opened:
-            raise ServoBusError(f"cannot open servo bus port {self.port_name!r} at {self.baudrate} bit/s")
+            raise ServoPortError(f"cannot open servo bus port {self.port_name!r} at {self.baudrate} bit/s")
         self._port = port
+        self._sync_read, self._sync_ids = None, []  # a new port: nothing of the old one carries over
+        self._miss_streak = dict.fromkeys(self.ids, 0)
+        self._absent.clear()
         if handshake:
             try:
                 self.handshake()
@@ -158,33 +193,66 @@ class ServoBus:
             yield
         except (OSError, termios.error, serial.SerialException) as e:
             self.errors["port_error"] += 1
-            raise ServoBusError(f"servo bus {self.port_name}: {what} failed, the port does not work any more "
+            raise ServoPortError(f"servo bus {self.port_name}: {what} failed, the port does not work any more "
                                 f"({e}) -- unplugged or powered off?") from None
 
     def _idle_port(self) -> _PortHandler:
         if self._port is None or not self._port.is_open:
-            raise ServoBusError(f"servo bus {self.port_name!r} is not open (call connect() first)")
+            raise ServoPortError(f"servo bus {self.port_name!r} is not open (call connect() first)")
         self._port.is_using = False  # an exchange cut short (signal) must not leave the SDK "busy"
         return self._port
 
+    def _backoff(self, failed_tries: int) -> None:
+        """The pause before the next try of an exchange that failed ``failed_tries`` times (>= 1)."""
+        if self.retry_backoff_s > 0:
+            time.sleep(min(self.retry_backoff_s * 2 ** (failed_tries - 1), RETRY_BACKOFF_MAX_S))
+
+    def _exchange(self, what: str, call, tries: int, result_at: int, kind: str, size: int | None = None):
+        """``call(port)`` (one scservo_sdk exchange returning a tuple whose item ``result_at`` is the
+        COMM result, and whose first item is the data when ``size`` is given) up to ``tries`` times
+        with the backoff, until it succeeds.
+
+        Returns ``(result, None)`` or ``(None, last error text)``.  A port error raises
+        :class:`ServoPortError` at once (retrying a dead port is pointless); any other exception inside
+        the SDK (an ``IndexError`` on a short or stale reply) counts as a failed try."""
+        last = "no try"
+        for n in range(tries):
+            if n:
+                self._backoff(n)
+            try:
+                with self._port_errors(what):
+                    out = call(self._idle_port())
+            except ServoBusError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the SDK indexes replies without checking their length
+                self.errors["sdk_error"] += 1
+                last = f"{type(e).__name__} inside scservo_sdk: {e}"
+                continue
+            result = out[result_at]
+            if result == scs.COMM_SUCCESS and (size is None or len(out[0]) == size):
+                return out, None
+            self.errors[kind] += 1
+            last = self._ph.getTxRxResult(result) if result != scs.COMM_SUCCESS else \
+                f"{len(out[0])} of {size} bytes in the reply"
+        return None, last
+
     def handshake(self) -> None:
-        """Ping servos 1-6 (PING + model read); raise naming every missing or wrong servo."""
-        port = self._idle_port()
-        missing, wrong = [], []
+        """Ping servos 1-6 (PING + model read, retried with a backoff); raise naming every missing or
+        wrong servo."""
+        missing, wrong, last_error = [], [], ""
+        tries = self.write_retries + 1
         for i in self.ids:
-            for _ in range(self.write_retries + 1):
-                model, result, _err = self._ph.ping(port, i)
-                if result == scs.COMM_SUCCESS:
-                    break
-                self.errors["ping_failed"] += 1
-            if result != scs.COMM_SUCCESS:
+            out, last = self._exchange("pinging", lambda port, i=i: self._ph.ping(port, i), tries, 1, "ping_failed")
+            model = out[0] if out is not None else None
+            if out is None:
                 missing.append(f"{self.names[i]} (id {i})")
+                last_error = last
             elif model != sts.MODEL_NUMBER:
                 wrong.append(f"{self.names[i]} (id {i}) is model {model}")
         if missing or wrong:
             parts = []
             if missing:
-                parts.append(f"no answer from {', '.join(missing)}")
+                parts.append(f"no answer from {', '.join(missing)} after {tries} tries (last: {last_error})")
             if wrong:
                 parts.append(f"expected STS3215 (model {sts.MODEL_NUMBER}) but {', '.join(wrong)}")
             raise ServoBusError(f"servo bus {self.port_name}: {'; '.join(parts)} -- check power, cabling and ids "
@@ -211,59 +279,55 @@ class ServoBus:
         reg = sts.register(name)
         raw = sts.encode_value(reg, value)
         tries = (self.write_retries if retries is None else retries) + 1
-        result = scs.COMM_TX_FAIL
-        for _ in range(tries):
-            port = self._idle_port()
-            with self._port_errors(f"writing {name}"):
-                if reg.size == 1:
-                    result, err = self._ph.write1ByteTxRx(port, servo_id, reg.address, raw)
-                else:
-                    result, err = self._ph.write2ByteTxRx(port, servo_id, reg.address, raw)
-            if result == scs.COMM_SUCCESS:
-                return err
-            self.errors["write_failed"] += 1
+        write = self._ph.write1ByteTxRx if reg.size == 1 else self._ph.write2ByteTxRx
+        out, last = self._exchange(f"writing {name}", lambda port: write(port, servo_id, reg.address, raw), tries, 0,
+                                   "write_failed")
+        if out is not None:
+            return out[1]
         raise ServoBusError(f"{self.names.get(servo_id, servo_id)} (id {servo_id}): write {name}={value} not "
-                            f"acknowledged after {tries} tries: {self._ph.getTxRxResult(result)}")
+                            f"acknowledged after {tries} tries: {last}")
 
     def read_register(self, servo_id: int, name: str, retries: int | None = None) -> int:
         reg = sts.register(name)
         tries = (self.write_retries if retries is None else retries) + 1
-        result = scs.COMM_TX_FAIL
-        for _ in range(tries):
-            with self._port_errors(f"reading {name}"):
-                data, result, _err = self._ph.readTxRx(self._idle_port(), servo_id, reg.address, reg.size)
-            if result == scs.COMM_SUCCESS and len(data) == reg.size:
-                return sts.decode_value(reg, sts.from_bytes(data))
-            self.errors["read_failed"] += 1
+        out, last = self._exchange(f"reading {name}", lambda port: self._ph.readTxRx(port, servo_id, reg.address,
+                                                                                     reg.size), tries, 1,
+                                   "read_failed", size=reg.size)
+        if out is not None:
+            return sts.decode_value(reg, sts.from_bytes(out[0]))
         raise ServoBusError(f"{self.names.get(servo_id, servo_id)} (id {servo_id}): read {name} failed after "
-                            f"{tries} tries: {self._ph.getTxRxResult(result)}")
+                            f"{tries} tries: {last}")
 
-    def configure(self) -> None:
-        """LeRobot's SO101Follower configuration, torque left OFF (the caller enables it after
-        setting Goal_Position to the present pose)."""
-        for i in self.ids:
+    def configure(self, ids: list[int] | None = None) -> None:
+        """LeRobot's SO101Follower configuration of ``ids`` (default: all), torque left OFF on them
+        (the caller enables it after setting Goal_Position to the present pose).  Every write and
+        read is retried with the backoff."""
+        ids = list(self.ids) if ids is None else [i for i in self.ids if i in set(ids)]
+        for i in ids:
             self.write_register(i, "Torque_Enable", 0)
             self.write_register(i, "Lock", 0)  # EEPROM writes below persist only with Lock 0
-        for i in self.ids:
+        for i in ids:
             for name, value in CONFIGURE_ALL:
                 self.write_register(i, name, value)
             phase = self.read_register(i, "Phase")
             if phase & PHASE_MULTI_TURN_BIT:  # multi-turn feedback gives positions > 4095
                 self.write_register(i, "Phase", phase & ~PHASE_MULTI_TURN_BIT)
-        for i in self.ids:
+        for i in ids:
             for name, value in CONFIGURE_PID:
                 self.write_register(i, name, value)
         gripper = self.calibration.motor("gripper").id
-        for name, value in CONFIGURE_GRIPPER:  # LeRobot: avoid burning the gripper motor
-            self.write_register(gripper, name, value)
-        for i in self.ids:
+        if gripper in ids:
+            for name, value in CONFIGURE_GRIPPER:  # LeRobot: avoid burning the gripper motor
+                self.write_register(gripper, name, value)
+        for i in ids:
             self.write_register(i, "Lock", 1)
 
     # --- torque -------------------------------------------------------------------------------------
-    def set_torque(self, enabled: bool) -> list[int]:
+    def set_torque(self, enabled: bool, retries: int | None = None) -> list[int]:
         """Torque on (Torque_Enable 1, Lock 1) or off (broadcast 0, then per servo 0 and Lock 0).
 
-        Returns the ids that did not acknowledge (never raises when releasing)."""
+        Returns the ids that did not acknowledge (never raises when releasing).  ``retries``: per
+        write (default ``write_retries``; a servo taken out as absent gets none when releasing)."""
         failed: list[int] = []
         if not enabled:
             try:  # one broadcast packet reaches every listening servo even when replies are lost
@@ -275,12 +339,12 @@ class ServoBus:
         for i in self.ids:
             try:
                 if enabled:
-                    self.write_register(i, "Torque_Enable", 1)
-                    self.write_register(i, "Lock", 1)
+                    self.write_register(i, "Torque_Enable", 1, retries=retries)
+                    self.write_register(i, "Lock", 1, retries=retries)
                 else:
-                    retries = 0 if i in self._absent else self.write_retries
-                    self.write_register(i, "Torque_Enable", 0, retries=retries)
-                    self.write_register(i, "Lock", 0, retries=retries)
+                    n = 0 if i in self._absent else retries
+                    self.write_register(i, "Torque_Enable", 0, retries=n)
+                    self.write_register(i, "Lock", 0, retries=n)
             except ServoBusError:
                 failed.append(i)
             except Exception:  # noqa: BLE001 - a dead port must not stop the release of the others
@@ -348,7 +412,13 @@ class ServoBus:
             for i in pending:
                 group.data_dict[i] = []  # data of earlier reads must never pass as fresh
             self._idle_port()
-            result = group.txRxPacket()
+            try:
+                result = group.txRxPacket()
+            except (OSError, termios.error, serial.SerialException):
+                raise  # the port: read() turns it into ServoPortError
+            except Exception:  # noqa: BLE001 - the SDK indexes replies without checking them: a garbled read
+                self.errors["sdk_error"] += 1
+                result = scs.COMM_RX_CORRUPT
             for i in pending:
                 data = group.data_dict.get(i) or []
                 if len(data) >= READ_LENGTH:
@@ -372,7 +442,13 @@ class ServoBus:
                 timed_out.add(culprit)
             pending = remaining[1:] + [culprit]
         for i in probe:  # an absent servo: one plain READ to see whether it is back
-            data, result, _err = self._ph.readTxRx(self._idle_port(), i, READ_START, READ_LENGTH)
+            try:
+                data, result, err = self._ph.readTxRx(self._idle_port(), i, READ_START, READ_LENGTH)
+            except (OSError, termios.error, serial.SerialException):
+                raise
+            except Exception:  # noqa: BLE001 - as above
+                self.errors["sdk_error"] += 1
+                data, result = [], scs.COMM_RX_CORRUPT
             if result == scs.COMM_SUCCESS and len(data) >= READ_LENGTH:
                 fresh[i] = list(data[:READ_LENGTH])
                 del self._absent[i]

@@ -23,13 +23,25 @@ BROADCAST_ID = 0xFE
 MAX_SERVO_ID = 0xFD
 DEFAULT_BAUDRATE = 1_000_000
 
-# instructions (RESET 0x06 exists too; nothing here sends or models it)
-PING, READ, WRITE, REG_WRITE, ACTION = 0x01, 0x02, 0x03, 0x04, 0x05
+# instructions (RESET 0x06 = factory reset, which scservo_sdk 1.0.0 has no constant for)
+PING, READ, WRITE, REG_WRITE, ACTION, RESET = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 SYNC_READ, SYNC_WRITE = 0x82, 0x83
 
 # status (ERR) byte bits = the Status register (addr 65): 0x01 voltage, 0x02 angle sensor, 0x04 overheat,
-# 0x08 overcurrent, 0x20 overload; the SDK rejects ERR > 0x7F.  Only overload is read (servo_bus overload_ids).
-ERR_OVERLOAD = 0x20
+# 0x08 overcurrent, 0x20 overload; the SDK rejects ERR > 0x7F.  servo_bus.STATUS_BITS names them all.
+ERR_VOLTAGE, ERR_ANGLE, ERR_OVERHEAT, ERR_OVERCURRENT, ERR_OVERLOAD = 0x01, 0x02, 0x04, 0x08, 0x20
+ERR_MAX = 0x7F
+
+# Baud_Rate register (addr 6) index <-> bit/s as LeRobot 0.6.1 has it (STS_SMS_SERIES_BAUDRATE_TABLE).
+# Feetech's own tables (sms_sts.py, feetech-cli) say 5 = 76800, 6 = 57600, 7 = 38400: LeRobot's 5-7 differ,
+# harmless at the 1 Mbps default.  The software bus follows LeRobot's table.
+LEROBOT_BAUDRATE_TABLE = {1_000_000: 0, 500_000: 1, 250_000: 2, 128_000: 3, 115_200: 4, 57_600: 5, 38_400: 6,
+                          19_200: 7}
+BAUDRATE_OF_INDEX = {index: baud for baud, index in LEROBOT_BAUDRATE_TABLE.items()}
+FEETECH_BAUDRATE_OF_INDEX = {0: 1_000_000, 1: 500_000, 2: 250_000, 3: 128_000, 4: 115_200, 5: 76_800, 6: 57_600,
+                             7: 38_400}
+
+OPERATING_MODES = {0: "position", 1: "velocity", 2: "PWM", 3: "step"}
 
 EEPROM_END = 40  # addresses < 40 are EEPROM (persisted only while Lock == 0)
 TABLE_END = 87  # one past the last address (86); reads/writes beyond it are not answered

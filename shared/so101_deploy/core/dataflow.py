@@ -15,10 +15,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -153,6 +154,7 @@ class RunResult:
     returncode: int
     log: str
     wall_s: float
+    condition_met: bool | None = None
 
 
 def dora_executable(search_path: str | None = None) -> str:
@@ -163,8 +165,14 @@ def dora_executable(search_path: str | None = None) -> str:
 
 
 def run_dataflow(path: str | Path, stop_after_s: float, log_path: str | Path | None = None,
-                 extra_env: Mapping[str, str] | None = None, grace_s: float = 60.0) -> RunResult:
-    """``dora run PATH --stop-after Ns``; the process group is killed if it outlives ``grace_s``."""
+                 extra_env: Mapping[str, str] | None = None, grace_s: float = 60.0,
+                 until: Callable[[str], bool] | None = None, linger_s: float = 0.0) -> RunResult:
+    """``dora run PATH --stop-after Ns``; everything it started is killed if it outlives ``grace_s``.
+
+    With ``until`` (called with the log so far), ``stop_after_s`` is a deadline, not a window: the run is
+    stopped (Ctrl-C, so every node gets its STOP event) ``linger_s`` after ``until(log)`` first holds -- a slow start on a loaded
+    machine only makes the wait longer.  ``RunResult.condition_met`` says whether it held in time.
+    """
     env = {**os.environ, **(extra_env or {})}
     # an installed `so101-deploy` may run from a venv that is not activated: its dora, and the python
     # dora starts the nodes with, are the ones next to this interpreter
@@ -173,19 +181,53 @@ def run_dataflow(path: str | Path, stop_after_s: float, log_path: str | Path | N
         env["PATH"] = here + os.pathsep + env.get("PATH", "")
     cmd = [dora_executable(env["PATH"]), "run", str(path), "--stop-after", f"{int(round(stop_after_s))}s"]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: polling `until` must not block on output
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True, cwd=str(Path(path).parent))
+    met = None
     try:
-        out, _ = proc.communicate(timeout=stop_after_s + grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        out += f"\n[so101-deploy] dora run did not stop within {stop_after_s + grace_s:.0f} s; killed\n"
+        if until is not None:
+            met = False
+            while proc.poll() is None and time.monotonic() - t0 < stop_after_s:
+                log.flush()
+                log.seek(0)
+                so_far = log.read()
+                log.seek(0, os.SEEK_END)
+                if until(so_far):
+                    met = True
+                    end = time.monotonic() + linger_s
+                    while proc.poll() is None and time.monotonic() < end:
+                        time.sleep(0.1)
+                    if proc.poll() is None:
+                        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: dora stops the dataflow
+                    break
+                time.sleep(0.2)
+        try:
+            proc.wait(timeout=max(1.0, stop_after_s + grace_s - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            kill_session(proc.pid)
+            proc.wait()
+            log.write(f"\n[so101-deploy] dora run did not stop within {stop_after_s + grace_s:.0f} s; killed\n")
     finally:
-        try:  # nodes left behind by a crashed daemon still belong to the group
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_session(proc.pid)  # dora puts each node in a process group of its own, but in this session
+        log.seek(0)
+        out = log.read()
+        log.close()
     if log_path is not None:
         Path(log_path).write_text(out)
-    return RunResult(proc.returncode, out, time.monotonic() - t0)
+    return RunResult(proc.returncode, out, time.monotonic() - t0, met)
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (``dora run`` and the nodes it started; each node has a
+    process group of its own, so killing the group of ``dora run`` alone would leave them behind)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after the command name: state, ppid, pgrp, session
+            try:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

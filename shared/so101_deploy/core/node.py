@@ -5,8 +5,10 @@ outputs) and a ``build(settings, ctx) -> Handlers`` function that makes the libr
 :func:`run_node`.  ``run_node``:
 
 1. routes :mod:`logging` to ``[node] level: message`` lines (:mod:`so101_deploy.core.log`);
-2. parses every declared setting, then builds the node: a bad setting, a missing file or an absent
-   device (:class:`SettingError`, :class:`StartError`) is one line and exit code 2, never a traceback;
+2. checks the wiring dora gives it (:mod:`so101_deploy.core.wiring`: unknown or missing inputs, unknown
+   outputs, unknown ``SO101_*`` keys in its YAML env, each with the nearest valid name), parses every
+   declared setting, then builds the node: a bad wiring or setting, a missing file or an absent device
+   (:class:`SettingError`, :class:`StartError`) is one line and exit code 2, never a traceback;
 3. runs the checked event loop (:func:`run`): each input is decoded with its declared schema, so a
    malformed message is reported (node, input, what was expected) and counted, never passed on; a
    failing handler is reported without killing the node, unless it keeps failing or raises
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from so101_deploy.core import log as _log
+from so101_deploy.core import wiring as _wiring
 from so101_deploy.core.messages import Message, MessageError, decode
 from so101_deploy.core.settings import Setting, SettingError, Settings  # noqa: F401  (re-exported)
 
@@ -47,16 +50,26 @@ class FatalError(RuntimeError):
         self.exit_code = exit_code
 
 
+class StopNode(Exception):
+    """Raised by a handler when the node has nothing left to do (e.g. every input it records is gone):
+    the loop ends cleanly, ``on_stop`` runs, exit code 0."""
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """What a node is: its name, the settings it reads, its inputs (id -> message schema, or
-    :data:`RAW` for timers and triggers) and its outputs.  ``optional`` inputs may be left unwired."""
+    :data:`RAW` for timers and triggers) and its outputs.  ``optional`` inputs may be left unwired;
+    ``waivers`` maps an input to the (setting, value) that lets it be unwired (the e-stop:
+    ``SO101_ESTOP: none``); ``any_inputs`` is for a node that takes whatever the YAML wires (the
+    recorder)."""
 
     name: str
     settings: tuple[Setting, ...] = ()
     inputs: Mapping[str, str | None] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     optional: frozenset[str] = frozenset()
+    waivers: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    any_inputs: bool = False
 
 
 @dataclass
@@ -119,6 +132,8 @@ def run_node(spec: NodeSpec, build: Build, node: Any = None, env: Mapping[str, s
     settings = Settings(spec.name, spec.settings, env)
     ctx = NodeContext(spec, node)
     try:
+        # under dora, its own config of this node; a stand-in node (tests, replays) is not checked
+        _wiring.check(spec, _wiring.from_dora_environment() if node is None else None)
         settings.check()
         handlers = build(settings, ctx)
     except (SettingError, StartError) as e:
@@ -168,7 +183,11 @@ def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Callab
                 break
             if kind == "INPUT_CLOSED":
                 if on_closed is not None:
-                    on_closed(event["id"])
+                    try:
+                        on_closed(event["id"])
+                    except StopNode as e:
+                        logger.info(f"input {event['id']!r} closed: {e or 'nothing left to do'}; stopping")
+                        break
                     continue
                 logger.warning(f"input {event['id']!r} closed (the node that fed it is gone): stopping")
                 break

@@ -1,10 +1,30 @@
 """Recorded Arrow messages: what a running dataflow sent, kept in files that tests replay.
 
-A recording is a folder with one Arrow IPC file per topic (``<topic>.arrow``, topic = the
+A recording is a folder with one Arrow IPC stream per topic (``<topic>.arrow``, topic = the
 recorder's input id).  Each record batch is one message: a single column ``value`` holding the
 flat array exactly as it crossed dora, and the message metadata as JSON in the batch's custom
-metadata.  The file's schema metadata names the message schema, so reading a recording
-validates every message again with :func:`so101_deploy.core.messages.decode`.
+metadata (key ``meta``).  The stream's schema metadata (key ``message``) names the message schema,
+so reading a recording validates every message again with :func:`so101_deploy.core.messages.decode`.
+Record batch bodies are zstd-compressed.
+
+Crash safety: the IPC *stream* format needs nothing at the end of the file (the IPC *file* format
+writes its footer only at close, so a killed writer left nothing readable).  :class:`TopicWriter`
+buffers small messages and flushes the file at least every ``flush_interval_s`` (0.5 s): when a
+message arrives that long after the last flush, and when :meth:`Recorder.flush_due` runs (the
+recorder node calls it from its ``tick`` timer, so a topic that went quiet is flushed too).  After a
+``kill -9`` of the recorder, every message it got up to about a second before is in the file; the
+readers here read every complete message and warn (:class:`RecordingCutWarning`) about a cut-off
+last one or a missing end-of-stream marker instead of failing.  (A flush hands the bytes to the
+operating system; it does not ``fsync``, so a power cut may still lose what the kernel held.)
+
+Reading also accepts the IPC *file* format that earlier recordings (and the committed test data
+under ``tests/data/recordings``) were written in, also a file cut off before its footer.
+
+Read a recording with plain pyarrow (an old IPC file: ``pa.ipc.open_file``)::
+
+    reader = pa.ipc.open_stream("rec/image.arrow")
+    reader.schema.metadata[b"message"]                            # b"image"
+    batch, custom = reader.read_next_batch_with_custom_metadata()  # custom[b"meta"]: the JSON metadata
 
 dora 1.1's own ``dora record`` writes ``.drec`` files that only ``dora replay`` reads back into a
 running dataflow; tests need the messages in-process, so the project keeps this pyarrow format.
@@ -17,9 +37,11 @@ comparing two versions of a node on the same recorded run.
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +49,17 @@ import pyarrow as pa
 from so101_deploy.core.messages import Message, MessageError, decode, encode
 
 SUFFIX = ".arrow"
+FLUSH_INTERVAL_S = 0.5  # + the recorder's 250 ms tick: every message is in the file within a second
+BUFFER_BYTES = 256 * 1024  # small messages are gathered between flushes; larger writes go straight through
+FILE_MAGIC = b"ARROW1"  # the IPC file format starts with ARROW1 and two bytes of padding, then a stream
+FILE_STREAM_OFFSET = 8
+END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # continuation marker + zero metadata length
+CONTINUATION = b"\xff\xff\xff\xff"
+
+
+class RecordingCutWarning(UserWarning):
+    """A recording ends early: its last message was cut off mid-write, or the stream has no end marker
+    (the recorder was killed, or is still writing).  Every complete message before the cut is read."""
 
 
 def _jsonable(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -41,18 +74,33 @@ def _jsonable(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class TopicWriter:
-    """Appends messages of one schema to one Arrow IPC file.
+    """Appends messages of one schema to one Arrow IPC stream file.
 
     ``compression_level``: zstd level (None: pyarrow's fast default, what a live recorder wants;
     19 halves a rendered float disparity for files that are written once and kept, e.g. committed
-    test data).  The messages read back the same at any level."""
+    test data).  The messages read back the same at any level.
 
-    def __init__(self, path: str | Path, message: str, compression_level: int | None = None):
+    ``flush_interval_s``: the file is flushed when a message arrives at least this long after the last
+    flush (so the first message, and the first one after a quiet spell, go out at once), by
+    :meth:`flush_due` when the last flush is that old and messages wait, and at :meth:`close`.
+    ``clock`` (seconds, monotonic) is for tests."""
+
+    def __init__(self, path: str | Path, message: str, compression_level: int | None = None,
+                 flush_interval_s: float = FLUSH_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+        if flush_interval_s < 0:
+            raise ValueError(f"TopicWriter: flush_interval_s must be >= 0, got {flush_interval_s}")
         self.path = Path(path)
         self.message = message
         self.compression_level = compression_level
-        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+        self.flush_interval_s = float(flush_interval_s)
+        self._clock = clock
+        self._file: pa.NativeFile | None = None
+        self._sink: pa.BufferedOutputStream | None = None
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._last_flush = -math.inf
         self.count = 0
+        self.flushed = 0  # messages handed to the operating system
+        self.flushes = 0
 
     def write(self, value: pa.Array, meta: Mapping[str, Any]) -> None:
         if self._writer is None:
@@ -62,33 +110,76 @@ class TopicWriter:
             codec = "zstd" if self.compression_level is None else \
                 pa.Codec("zstd", compression_level=self.compression_level)
             options = pa.ipc.IpcWriteOptions(compression=codec)
-            self._writer = pa.ipc.new_file(str(self.path), schema, options=options)
+            self._file = pa.OSFile(str(self.path), "wb")
+            self._sink = pa.BufferedOutputStream(self._file, buffer_size=BUFFER_BYTES)
+            self._writer = pa.ipc.new_stream(self._sink, schema, options=options)
         batch = pa.record_batch([value], names=["value"])
         self._writer.write_batch(batch, custom_metadata={"meta": json.dumps(_jsonable(meta))})
         self.count += 1
+        if self._clock() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    @property
+    def pending(self) -> int:
+        """Messages written since the last flush (possibly still in the buffer)."""
+        return self.count - self.flushed
+
+    def flush(self) -> None:
+        """Hand everything written so far to the operating system (no fsync)."""
+        if self._sink is None:
+            return
+        self._sink.flush()
+        self._last_flush = self._clock()
+        self.flushed = self.count
+        self.flushes += 1
+
+    def flush_due(self) -> bool:
+        """Flush when messages wait and the last flush is ``flush_interval_s`` old; True if it flushed."""
+        if self.pending and self._clock() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+            return True
+        return False
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            self._writer.close()  # writes the end-of-stream marker
+            self._sink.close()  # flushes and closes the file
+            self._writer = self._sink = self._file = None
+            self.flushed = self.count
+            self._last_flush = self._clock()
 
 
 class Recorder:
-    """One :class:`TopicWriter` per topic under a folder."""
+    """One :class:`TopicWriter` per topic under a folder.  Call :meth:`flush_due` from a timer so a
+    topic that went quiet is flushed within ``flush_interval_s`` plus the timer's period."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, compression_level: int | None = None,
+                 flush_interval_s: float = FLUSH_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
         self.folder = Path(folder)
+        self.compression_level = compression_level
+        self.flush_interval_s = flush_interval_s
+        self._clock = clock
         self.writers: dict[str, TopicWriter] = {}
 
     def record(self, topic: str, message: str, value: pa.Array, meta: Mapping[str, Any]) -> None:
         w = self.writers.get(topic)
         if w is None:
-            w = self.writers[topic] = TopicWriter(self.folder / f"{topic}{SUFFIX}", message)
+            w = self.writers[topic] = TopicWriter(self.folder / f"{topic}{SUFFIX}", message,
+                                                  compression_level=self.compression_level,
+                                                  flush_interval_s=self.flush_interval_s, clock=self._clock)
         w.write(value, meta)
 
     def record_message(self, topic: str, msg: Message) -> None:
         value, meta = encode(msg.name, msg.data, **msg.meta)
         self.record(topic, msg.name, value, meta)
+
+    def flush_due(self) -> list[str]:
+        """:meth:`TopicWriter.flush_due` of every topic; returns the topics flushed."""
+        return [topic for topic, w in self.writers.items() if w.flush_due()]
+
+    def flush(self) -> None:
+        for w in self.writers.values():
+            w.flush()
 
     def close(self) -> None:
         for w in self.writers.values():
@@ -101,26 +192,75 @@ class Recorder:
         self.close()
 
 
+def _cut(path: Path, message: str) -> None:
+    warnings.warn(f"recording {path}: {message}", RecordingCutWarning, stacklevel=3)
+
+
 def iter_messages(path: str | Path) -> Iterator[tuple[pa.Array, dict[str, Any], str]]:
-    """Yield (Arrow value, metadata, message name) in recorded order, without validation."""
+    """Yield (Arrow value, metadata, message name) in recorded order, without validation.
+
+    Reads the IPC stream format (and the IPC file format of older recordings, through the stream it
+    holds).  A recording cut off by a killed recorder yields every complete message, then warns
+    (:class:`RecordingCutWarning`); one cut before its first message (an empty file: killed before the
+    first flush) yields nothing, with the warning.  A file that is not an Arrow IPC stream or file is
+    a :class:`MessageError`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"recording {path} does not exist")
-    try:
-        reader = pa.ipc.open_file(str(path))
-    except pa.ArrowInvalid as e:
-        raise MessageError(f"recording {path}: not an Arrow IPC file ({e})") from None
-    name = (reader.schema.metadata or {}).get(b"message", b"").decode()
-    if not name:
-        raise MessageError(f"recording {path}: the file does not name its message schema")
-    for i in range(reader.num_record_batches):
-        batch, custom = reader.get_batch_with_custom_metadata(i)
-        meta = json.loads((custom or {}).get(b"meta", b"{}")) if custom else {}
-        yield batch.column(0), meta, name
+    size = path.stat().st_size
+    with pa.OSFile(str(path), "rb") as f:
+        head = f.read(FILE_STREAM_OFFSET)
+        is_file = head[:len(FILE_MAGIC)] == FILE_MAGIC
+        start = FILE_STREAM_OFFSET if is_file else 0
+        f.seek(start)
+        try:
+            reader = pa.ipc.open_stream(f)
+        except (pa.ArrowException, OSError) as e:
+            f.seek(0)
+            if _cut_in_schema(f.read(start + 8), size, start):
+                _cut(path, f"cut off before its schema was complete ({size} bytes); no messages read")
+                return
+            raise MessageError(f"recording {path}: not an Arrow IPC stream or file ({e})") from None
+        name = (reader.schema.metadata or {}).get(b"message", b"").decode()
+        if not name:
+            raise MessageError(f"recording {path}: the file does not name its message schema")
+        n = 0
+        end = f.tell()  # the end of the last complete message (the schema, at first)
+        while True:
+            try:
+                batch, custom = reader.read_next_batch_with_custom_metadata()
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError) as e:
+                _cut(path, f"cut off in message {n}, of which {size - end} byte(s) are there ({e}); read the "
+                           f"{n} complete message(s) before it (the recorder was killed mid-write?)")
+                return
+            end = f.tell()
+            meta = json.loads((custom or {}).get(b"meta", b"{}")) if custom else {}
+            n += 1
+            yield batch.column(0), meta, name
+        if f.tell() != end + len(END_OF_STREAM):  # a clean end of file right after a message: no marker
+            _cut(path, f"no end-of-stream marker after message {n}: the recorder did not close it (killed, or "
+                       f"still recording); read {n} message(s)")
+
+
+def _cut_in_schema(head: bytes, size: int, start: int) -> bool:
+    """Whether a stream that fails to open is just cut off before its schema message is complete (an IPC
+    message: continuation marker 0xFFFFFFFF, int32 metadata length, the metadata)."""
+    if 0 < size < FILE_STREAM_OFFSET and (FILE_MAGIC + b"\0\0").startswith(head[:size]):
+        return True  # an IPC file cut inside its leading ARROW1 magic
+    msg = head[start:start + 8]
+    if msg[:4] != CONTINUATION[:len(msg[:4])]:
+        return False
+    if len(msg) < 8:
+        return True
+    length = int.from_bytes(msg[4:8], "little", signed=True)
+    return length > 0 and size - start < 8 + length
 
 
 def read_messages(path: str | Path) -> list[Message]:
-    """All messages of one topic file, each validated against its schema."""
+    """All messages of one topic file, each validated against its schema (a cut-off recording: the
+    complete messages, with a :class:`RecordingCutWarning`)."""
     return [decode(name, value, meta) for value, meta, name in iter_messages(path)]
 
 

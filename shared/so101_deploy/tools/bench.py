@@ -154,9 +154,12 @@ def bench_handoff(models: dict[str, Path], device: str, threads: int | None, ite
 
 def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: Path,
                 seg_backend: str, depth_backend: str, depth_size: int,
-                bus_log: Path | None = None, flows: str | Path | None = None) -> dict[str, Any]:
+                bus_log: Path | None = None, flows: str | Path | None = None,
+                until_torque_s: float | None = None) -> dict[str, Any]:
     """Run ``dataflow.yml`` itself with the generated video as camera and the software bus as arm;
-    ``bus_log`` keeps every register write the servo node made (the integration tests read it)."""
+    ``bus_log`` keeps every register write the servo node made (the integration tests read it).
+    ``until_torque_s``: stop that long after the servo node first enabled torque (needs ``bus_log``),
+    ``seconds`` being then only the deadline -- for tests that must not depend on start-up time."""
     from so101_deploy.sim.synthetic import write_video  # noqa: PLC0415
 
     src, monitor_script = flow_file("dataflow.yml", flows), node_script("monitor", flows)
@@ -195,7 +198,9 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
                    "env": {"SO101_MONITOR_DIR": str(out_dir / "monitor")},
                    "inputs": {"goal": "controller/goal", "action": "policy/action"}}
         flow = prepare(src, out_dir / "dataflow.bench.yml", env=env, extra_nodes=[monitor])
-        res = run_dataflow(flow, seconds, log_path=out_dir / "dora.log", grace_s=120)
+        until = (lambda log: _torque_enabled(bus_log)) if until_torque_s is not None else None
+        res = run_dataflow(flow, seconds, log_path=out_dir / "dora.log", grace_s=120, until=until,
+                           linger_s=until_torque_s or 0.0)
     finally:
         os.killpg(bus.pid, signal.SIGTERM)
         bus.wait(timeout=10)
@@ -208,6 +213,14 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
     # repeated goals between frames do not count); measured from the first to the last such goal
     return {"returncode": res.returncode, "seconds": seconds, "report": rep,
             "control_rate_hz": round(rep["new_frame_goal_rate_hz"], 3)}
+
+
+def _torque_enabled(bus_log: Path) -> bool:
+    """The servo node enabled torque: the first goal computed from an action reached the arm."""
+    if not bus_log.exists():
+        return False
+    rows = (json.loads(line) for line in bus_log.read_text().splitlines() if line.endswith("}"))
+    return any(r["name"] == "Torque_Enable" and r["value"] == 1 for r in rows)
 
 
 # --- command --------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""``so101-deploy emulate-bus``: a software bus of six STS3215 servos on a pty that scservo_sdk talks to.
+"""``so101-deploy emulate-bus``: a software bus of STS3215 servos on a pty that scservo_sdk and LeRobot talk to.
 
 Serves :class:`so101_deploy.arm.emulator.EmulatedBus` at ``--link`` (a symlink to the pty, what
-``SO101_PORT`` points at) until SIGINT/SIGTERM, with the fault-injection flags of the emulator.
+``SO101_PORT`` points at) until SIGINT/SIGTERM: six servos (ids 1-6) by default, ``--ids 1`` for one
+factory servo (LeRobot's ``lerobot-setup-motors``), with the fault-injection flags of the emulator.
 Exit code 2 when the bus cannot be set up (bad calibration, the link path is a real file).
 """
 
@@ -14,7 +15,7 @@ import sys
 import threading
 
 from so101_deploy.arm import sts3215 as sts
-from so101_deploy.arm.emulator import DEFAULT_MAX_SPEED_SPS, EmulatedBus
+from so101_deploy.arm.emulator import DEFAULT_IDS, DEFAULT_MAX_SPEED_SPS, EmulatedBus
 
 
 def _ids(text: str) -> set[int]:
@@ -25,6 +26,13 @@ def _ids(text: str) -> set[int]:
     if not all(0 <= i <= sts.MAX_SERVO_ID for i in out):
         raise argparse.ArgumentTypeError(f"servo ids must be 0..{sts.MAX_SERVO_ID}, got {text!r}")
     return out
+
+
+def _id_list(text: str) -> list[int]:
+    ids = _ids(text)
+    if not ids:
+        raise argparse.ArgumentTypeError(f"expected at least one servo id, got {text!r}")
+    return sorted(ids)
 
 
 def _rate(text: str) -> float:
@@ -50,6 +58,9 @@ def _speed(text: str) -> float:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--link", required=True, help="path of the symlink to the pty (what SO101_PORT points at), "
                                                       "e.g. /tmp/ttySO101")
+    parser.add_argument("--ids", type=_id_list, default=list(DEFAULT_IDS),
+                        help="ids of the emulated servos (default 1,2,3,4,5,6); --ids 1: one factory servo, for "
+                             "LeRobot's lerobot-setup-motors")
     parser.add_argument("--log", help="append one JSON line per accepted register write to this file")
     parser.add_argument("--calibration", help="LeRobot calibration JSON: homing offsets and range limits are "
                                               "'in the servos', the arm starts at mid-range (0 rad)")
@@ -60,17 +71,33 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--silent-id", type=_ids, default=set(), help="servo id(s) that never answer, e.g. 3 or 3,6")
     parser.add_argument("--overload-id", type=_ids, default=set(),
                         help="servo id(s) reporting the overload bit (Status bit 5) and high Present_Load")
+    parser.add_argument("--voltage-id", type=_ids, default=set(),
+                        help="servo id(s) reporting the input-voltage error (Status bit 0, Present_Voltage low)")
+    parser.add_argument("--angle-id", type=_ids, default=set(),
+                        help="servo id(s) reporting the angle-sensor error (Status bit 1)")
+    parser.add_argument("--overheat-id", type=_ids, default=set(),
+                        help="servo id(s) reporting the overheat error (Status bit 2, Present_Temperature high)")
     parser.add_argument("--faults-after", type=float, default=0.0,
                         help="seconds after start before the faults begin (default 0: from the start)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault randomness")
 
 
+def status_bits(args: argparse.Namespace) -> dict[int, int]:
+    """{id: Status bits} from --voltage-id / --angle-id / --overheat-id."""
+    bits: dict[int, int] = {}
+    for ids, bit in ((args.voltage_id, sts.ERR_VOLTAGE), (args.angle_id, sts.ERR_ANGLE),
+                     (args.overheat_id, sts.ERR_OVERHEAT)):
+        for i in ids:
+            bits[i] = bits.get(i, 0) | bit
+    return bits
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        bus = EmulatedBus(args.link, calibration=args.calibration, max_speed_sps=args.speed,
+        bus = EmulatedBus(args.link, calibration=args.calibration, ids=args.ids, max_speed_sps=args.speed,
                           drop_rate=args.drop_rate, corrupt_rate=args.corrupt_rate, silent_ids=args.silent_id,
-                          overload_ids=args.overload_id, seed=args.seed, faults_after_s=args.faults_after,
-                          log_path=args.log)
+                          overload_ids=args.overload_id, status_bits=status_bits(args), seed=args.seed,
+                          faults_after_s=args.faults_after, log_path=args.log)
     except (ValueError, OSError) as e:  # CalibrationError is a ValueError
         print(f"emulate-bus: {e}", file=sys.stderr)
         return 2
@@ -89,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         print(f"emulate-bus: {len(bus.servos)} STS3215 (ids {sorted(bus.servos)}) on {bus.port}, linked at "
-              f"{bus.link_path}; Ctrl-C to stop", flush=True)
+              f"{bus.link_path}; each answers at its Baud_Rate's speed (LeRobot's table, 1 Mbps from the factory)"
+              f"{'' if bus.port_baudrate() else ' -- NOT CHECKED: the pty speed cannot be read here'}; Ctrl-C to stop",
+              flush=True)
         while not stop.wait(0.2):
             pass
     finally:
