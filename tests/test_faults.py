@@ -9,8 +9,8 @@ SO101_PARK_SPEED_RAD_S x time) -- and on the exit codes.  Every wait is for a co
 the file also passes on a saturated machine: ``SO101_FAULTS_HOG=1`` runs it with two busy-looping
 processes on the side.
 
-A scenario that fails only for a known, reported reason (``faults.KNOWN_ISSUES``: the torque guard and
-crash-proof recordings not merged yet, an arm-side bug) is xfail with that reason; any other failure fails.
+A scenario that fails only for a known, reported reason (``faults.KNOWN_ISSUES``: an e-stop that does not
+stop a park, tracebacks after a start failure) is xfail with that reason; any other failure fails.
 """
 
 from __future__ import annotations
@@ -121,13 +121,8 @@ def test_camera_restarts_and_goals_resume(ctx):
 
 
 @pytest.mark.timeout(240)
-def test_missing_checkpoint_at_start(ctx):
-    run("start_missing_checkpoint", ctx)
-
-
-@pytest.mark.timeout(240)
-def test_bad_setting_at_start(ctx):
-    run("start_bad_setting", ctx)
+def test_missing_checkpoint_and_bad_setting_at_start(ctx):
+    run("start_failures", ctx)
 
 
 @pytest.mark.timeout(120)

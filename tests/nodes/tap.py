@@ -13,8 +13,12 @@ from dora import Node
 
 
 def main() -> int:
-    node = Node()
-    open_inputs = set((node.node_config() or {}).get("inputs") or {}) if hasattr(node, "node_config") else set()
+    try:
+        node = Node()
+    except RuntimeError as e:  # the dataflow never started (another node failed at start): one line
+        print(f"[tap] error: no dataflow: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    open_inputs = set((node.node_config() or {}).get("inputs") or {})
     with open(os.environ["SO101_TAP_OUT"], "a", buffering=1) as out:
         for event in node:
             kind = event["type"]

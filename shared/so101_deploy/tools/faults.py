@@ -971,12 +971,12 @@ def scenario_state_hold_estop(out: Outcome, ctx: Context) -> None:
 # --- faults ---------------------------------------------------------------------------------------
 
 # Scenarios that fail today for a known reason outside this module; the tests mark them xfail with it.
-GUARD = "needs the torque guard process (branch wt-guard, not merged into main yet): nothing releases torque "\
-        "when the servo node or `dora run` itself is killed with SIGKILL"
-START_NOISE = ("core/node.py: the failing node's one line is followed by a traceback from every other node: dora "
-               "1.1 fails their Node() (\"subscribe failed: Node X exited before initializing dora\") once they have "
-               "all loaded, and run_node (`dora_node = ctx.dora`, and the servo's build via ctx.node_config()) lets "
-               "that RuntimeError escape")
+START_NOISE = ("core/node.py: the failing nodes' one line each is followed by a traceback from every other node: "
+               "once all have loaded, dora 1.1 fails their Node() (RuntimeError \"subscribe failed: Node X exited "
+               "before initializing dora\"), and run_node lets it escape (core/node.py:143 `dora_node = ctx.dora`, "
+               "re-raised by the `except BaseException`; the servo meets it earlier, nodes/servo/main.py:47 "
+               "ctx.node_config() in build); camera and frame_gate (restart_policy on-failure) are restarted and "
+               "print it again")
 # name -> (reason, the failure messages it explains): a failed scenario is a known issue only when every
 # one of its failures is one of those (anything else is a plain failure)
 KNOWN_ISSUES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -984,13 +984,7 @@ KNOWN_ISSUES: dict[str, tuple[str, tuple[str, ...]]] = {
                           "once for a closed input (permanent cause) and keeps moving toward the rest pose while the "
                           "e-stop file says hold (it checks self._estop only for release, == 2); the goals should stay "
                           "frozen until the e-stop is cleared", ("goals kept changing",)),
-    "kill_dora_run": (GUARD, ("torque not off on all six within 1 s",)),
-    "kill_servo": (GUARD, ("torque not off on all six within 1 s",)),
-    "start_missing_checkpoint": (START_NOISE, ("printed a traceback",)),
-    "start_bad_setting": (START_NOISE, ("printed a traceback",)),
-    "kill_recorder": ("needs crash-proof recordings (branch wt-recsafe, not merged into main yet): the recorder "
-                      "writes an Arrow IPC *file*, whose footer a SIGKILL never writes, so the recording does not open",
-                      ("the recording does not read back",)),
+    "start_failures": (START_NOISE, ("printed a traceback",)),
 }
 
 
@@ -1150,10 +1144,21 @@ def scenario_camera_restart(out: Outcome, ctx: Context) -> None:
                     f"{new_goal['t'] - t_kill:.1f} s after the kill, RUN again; Ctrl-C -> exit {rc}")
 
 
-def _start_failure(out: Outcome, ctx: Context, node: str, env: dict[str, str], says: str) -> None:
+# fault 4
+@scenario
+def scenario_start_failures(out: Outcome, ctx: Context) -> None:
+    """Two nodes fail at start (full dataflow.yml): the policy's SO101_POLICY_CHECKPOINT names a missing
+    file, and the seg node has a bad setting, SO101_SEG_BACKEND=tensorrt.
+
+    One line from each, `dora run` exits non-zero within 30 s, torque never enabled (no Torque_Enable=1
+    in the bus log)."""
     f = ctx.folder(out.name)
     assets = ctx.full_assets()
-    with Bus(f) as bus, DoraRun(full_flow(f, bus.link, assets, env={node: env})) as run:
+    env = {"policy": {"SO101_POLICY_CHECKPOINT": "/nonexistent/1200000_snapshot.pt"},
+           "seg": {"SO101_SEG_BACKEND": "tensorrt"}}
+    says = {"policy": "/nonexistent/1200000_snapshot.pt: checkpoint file not found",
+            "seg": "SO101_SEG_BACKEND='tensorrt' must be one of"}
+    with Bus(f) as bus, DoraRun(full_flow(f, bus.link, assets, env=env)) as run:
         rc = run.wait(120, "dora run to end")
         left = [cmd for _, cmd in session_pids(run.pid)]
     took = run.t_end - run.t_start
@@ -1163,15 +1168,19 @@ def _start_failure(out: Outcome, ctx: Context, node: str, env: dict[str, str], s
     on = [r for r in bus.log.torque() if r["value"] == 1]
     out.check(not on, f"torque was enabled ({len(on)} Torque_Enable=1 writes)")
     text = run.text()
-    lines = _stderr_block(text, node)
-    out.check(len(lines) == 1 and says in lines[0], f"{node}'s message is not one line naming {says!r}: {lines}")
-    traced = _tracebacks(text)
-    out.check(not traced, f"besides that line, {len(traced)} node(s) printed a traceback: {', '.join(traced)} "
-                          f"(\"subscribe failed: Node {node} exited before initializing dora\")")
+    said = {}
+    for node, what in says.items():
+        lines = _stderr_block(text, node)
+        out.check(len(lines) == 1 and what in lines[0], f"{node}'s message is not one line with {what!r}: {lines}")
+        said[node] = lines[0] if lines else "?"
+    traced = [n for n in _tracebacks(text) if n not in says]
+    out.check(not traced, f"besides those lines, {len(traced)} node(s) printed a traceback: {', '.join(traced)} "
+                          f"(\"subscribe failed: Node ... exited before initializing dora\")")
     out.time_to_safe_s, out.time_what = took, "start -> dora run ended"
-    out.observed = (f"{node} exit {exit_code_of(text, node)}: \"{lines[0] if lines else '?'}\"; dora run exit {rc} "
-                    f"{took:.1f} s after the start (dora waits for every other node to load first); no "
-                    f"Torque_Enable=1 on the bus; {len(traced)} other node(s) printed a traceback "
+    each = "; ".join(f"{n} exit {exit_code_of(text, n)}: \"{said[n]}\"" for n in says)
+    out.observed = (f"{each}; dora run exit "
+                    f"{rc} {took:.1f} s after the start (dora reports a node that failed at start once every other "
+                    f"node has loaded); no Torque_Enable=1 on the bus; {len(traced)} other node(s) printed a traceback "
                     f"({', '.join(traced)})")
 
 
@@ -1180,25 +1189,6 @@ def _tracebacks(text: str) -> list[str]:
     import re  # noqa: PLC0415
 
     return sorted(set(re.findall(r"stdout (\w+): Traceback \(most recent call last\)", text)))
-
-
-# fault 4
-@scenario
-def scenario_start_missing_checkpoint(out: Outcome, ctx: Context) -> None:
-    """The policy fails at start: SO101_POLICY_CHECKPOINT names a missing file (full dataflow.yml).
-
-    One line from the policy node, `dora run` exits non-zero within 30 s, torque never enabled (no
-    Torque_Enable=1 in the bus log)."""
-    _start_failure(out, ctx, "policy", {"SO101_POLICY_CHECKPOINT": "/nonexistent/1200000_snapshot.pt"},
-                   "/nonexistent/1200000_snapshot.pt")
-
-
-@scenario
-def scenario_start_bad_setting(out: Outcome, ctx: Context) -> None:
-    """The seg node fails at start: a bad setting, SO101_SEG_BACKEND=tensorrt (full dataflow.yml).
-
-    One line from the seg node, `dora run` exits non-zero within 30 s, torque never enabled."""
-    _start_failure(out, ctx, "seg", {"SO101_SEG_BACKEND": "tensorrt"}, "SO101_SEG_BACKEND")
 
 
 def _kill_and_torque(out: Outcome, ctx: Context, what: str) -> None:
@@ -1219,7 +1209,12 @@ def _kill_and_torque(out: Outcome, ctx: Context, what: str) -> None:
         if what != "dora":
             with contextlib.suppress(ScenarioError):
                 rc = run.wait(60, "dora run to end")
+        # the nodes outlive a killed `dora run` for a moment (dora's orphan guard kills them within ~0.5 s)
+        with contextlib.suppress(ScenarioError):
+            wait_for(lambda: not session_pids(run.pid), 10, "the run's nodes to go")
+        t_gone = time.time()
         left = [cmd.split()[-1] for _, cmd in session_pids(run.pid) if _ != run.pid]
+        guards = wait_for_guards_gone(bus.link)
     t_off = bus.log.all_off_at(t_kill)
     took = t_off - t_kill if t_off else None
     out.check(took is not None and took <= 1.0,
@@ -1227,9 +1222,34 @@ def _kill_and_torque(out: Outcome, ctx: Context, what: str) -> None:
               f"last Torque_Enable per id: { {r['id']: r['value'] for r in bus.log.torque()} }")
     if what != "dora":
         out.check(rc not in (0, None), f"dora run exit {rc} (expected non-zero, by itself)")
+    out.check(not left, f"nodes still alive 10 s after the kill: {left}")
+    out.check(not guards, f"torque guard process(es) still alive: {guards}")
     out.time_to_safe_s, out.time_what = took, "kill -> torque off"
-    out.observed = (f"torque {'off on all six %.2f s after the kill' % took if took is not None else 'still ON on the bus after the kill'}"
-                    + (f"; dora run exit {rc}" if what != "dora" else f"; processes left in the run's session: {left}"))
+    out.observed = (f"torque {'off on all six %.3f s after the kill' % took if took is not None else 'still ON on the bus after the kill'}"
+                    + (f"; dora run exit {rc}" if what != "dora" else "")
+                    + f"; every node gone {t_gone - t_kill:.1f} s after the kill, the torque guard exited")
+
+
+def wait_for_guards_gone(link: Path, timeout_s: float = 10.0) -> list[int]:
+    """Torque guard processes (arm/torque_guard.py, in sessions of their own) for this bus still alive
+    after ``timeout_s``; they exit by themselves once they released torque or the node said it had."""
+    def guards() -> list[int]:
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    cmd = (d / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"so101_deploy.arm.torque_guard" in cmd and str(link).encode() in cmd:
+                    st = _proc_stat(int(d.name))
+                    if st is not None and st[0] != "Z":
+                        out.append(int(d.name))
+        return out
+
+    with contextlib.suppress(ScenarioError):
+        wait_for(lambda: not guards(), timeout_s, "the torque guard to exit")
+    return guards()
 
 
 # fault 5
@@ -1327,12 +1347,18 @@ def scenario_kill_recorder(out: Outcome, ctx: Context) -> None:
     out.check(running, "the arm stopped running after the recorder died")
     sent = len([r for r in states.rows() if r["t"] < t_kill])
     try:
+        import warnings  # noqa: PLC0415
+
         from so101_deploy.core.recording import read_recording  # noqa: PLC0415
 
-        got = {k: len(v) for k, v in read_recording(rec).items()}
+        with warnings.catch_warnings(record=True) as cut:
+            warnings.simplefilter("always")
+            got = {k: len(v) for k, v in read_recording(rec).items()}
+        out.notes += [str(w.message) for w in cut]
         out.check(got.get("joint_state", 0) >= sent // 2 and got.get("goal", 0) >= 1,
                   f"the recording read back {got} (about {sent} joint_state messages were sent before the kill)")
-        read = f"the recording reads back: {got}"
+        read = (f"the recording reads back: {got} (about {sent} joint_state messages were sent before the kill; "
+                f"the reader warns that the streams have no end-of-stream marker)")
     except Exception as e:  # noqa: BLE001 - what the reader says is the observation
         out.check(False, f"the recording does not read back: {type(e).__name__}: {e}")
         read = f"the recording does not read back ({type(e).__name__}: {str(e)[:120]})"
