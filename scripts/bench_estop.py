@@ -57,6 +57,7 @@ def trial_once(bus: faults.Bus, states: faults.StateLog, estop: Path, run: fault
 def bench(folder: Path, trials: int, hog: bool) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     out: list[dict[str, float]] = []
+    load_before = os.getloadavg()[0]
     ctx = faults.cpu_hog() if hog else _Null()
     with ctx, faults.Bus(folder) as bus:
         flow = faults.light_flow(folder, bus.link, action_rate_ms=20, source={"SO101_ACTION_SPEED_M_S": 0.15},
@@ -74,7 +75,8 @@ def bench(folder: Path, trials: int, hog: bool) -> dict:
         v = np.array([t[key] for t in out]) * 1000.0
         stats[key] = {"p50_ms": round(float(np.percentile(v, 50)), 1), "p99_ms": round(float(np.percentile(v, 99)), 1),
                       "max_ms": round(float(v.max()), 1), "mean_ms": round(float(v.mean()), 1)}
-    return {"trials": len(out), "hog": hog, "stats": stats, "raw_s": out}
+    return {"trials": len(out), "hog": hog, "stats": stats, "load_1min_before": round(load_before, 2),
+            "load_1min_after": round(os.getloadavg()[0], 2), "raw_s": out}
 
 
 class _Null:
@@ -88,14 +90,16 @@ class _Null:
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = ["## E-stop latency (`touch` -> goals frozen)", "",
-             f"Measured by `scripts/bench_estop.py` ({time.strftime('%Y-%m-%d %H:%M')}, {m['cpu_count']} CPUs, "
+             f"Measured by `scripts/bench_estop.py` ({m.get('when', '?')}, {m['cpu_count']} CPUs, "
              f"{m['processor']}, Python {m['python']}): the arm side of dataflow.yml on the software bus, actions at "
              f"50 Hz, {results['idle']['trials']} trials per condition.  *bus*: the touch -> the last goal change "
              f"on the bus; *reported*: the touch -> the servo's joint_state reporting the e-stop (it holds from "
              f"that tick); *frozen*: the larger of the two per trial.  Hog: two `python -c \"while 1: pass\"` "
-             f"processes (both cores busy).  Target: frozen p99 <= 150 ms under load.", "",
-             "| condition | frozen p50 | frozen p99 | frozen max | bus p50 / p99 | reported p50 / p99 |",
-             "|---|---|---|---|---|---|"]
+             f"processes (both cores busy).  The machine is shared with other jobs: \"idle\" is this run alone, the "
+             f"load column is the 1-minute load average before and after.  Target: frozen p99 <= 150 ms under load.",
+             "",
+             "| condition | frozen p50 | frozen p99 | frozen max | bus p50 / p99 | reported p50 / p99 | load (1 min) |",
+             "|---|---|---|---|---|---|---|"]
     for cond in ("idle", "hog"):
         r = results.get(cond)
         if not r:
@@ -103,7 +107,8 @@ def markdown(results: dict) -> str:
         s = r["stats"]
         lines.append(f"| {cond} | {s['frozen']['p50_ms']:.0f} ms | {s['frozen']['p99_ms']:.0f} ms | "
                      f"{s['frozen']['max_ms']:.0f} ms | {s['bus']['p50_ms']:.0f} / {s['bus']['p99_ms']:.0f} ms | "
-                     f"{s['reported']['p50_ms']:.0f} / {s['reported']['p99_ms']:.0f} ms |")
+                     f"{s['reported']['p50_ms']:.0f} / {s['reported']['p99_ms']:.0f} ms | "
+                     f"{r['load_1min_before']} -> {r['load_1min_after']} |")
     if results.get("hog"):
         p99 = results["hog"]["stats"]["frozen"]["p99_ms"]
         lines += ["", f"Under the hog: p99 {p99:.0f} ms, target <= 150 ms: **{'met' if p99 <= 150 else 'NOT met'}**."]
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(args.work).resolve()
     results = {"machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                           "python": platform.python_version()}}
+                           "python": platform.python_version(), "when": time.strftime("%Y-%m-%d %H:%M")}}
     for cond in ("idle", "hog"):
         if args.only and cond != args.only:
             continue

@@ -1403,9 +1403,10 @@ def scenario_untrusted_checkpoint(out: Outcome, ctx: Context) -> None:
     on = [r for r in bus.log.torque() if r["value"] == 1]
     out.check(not on, f"torque was enabled ({len(on)} Torque_Enable=1 writes)")
     out.time_to_safe_s, out.time_what = run.t_end - run.t_start, "start -> dora run ended"
-    said = errors[0].split("refused")[0][-60:] + "refused" + errors[0].split("refused")[1][:90] if errors else "?"
-    out.observed = (f"policy exit {exit_code_of(run.text(), 'policy')}: \"...{said}...\" (and a warning that "
-                    f"SO101_POLICY_TRUSTED is no longer honoured); payload did not run; no Torque_Enable=1; "
+    said = errors[0][errors[0].index("refused"):][:120] if errors and "refused" in errors[0] else "?"
+    out.observed = (f"policy exit {exit_code_of(run.text(), 'policy')}: \"[policy] error: ... {said} ... (sha256 "
+                    f"{'named' if errors and 'sha256' in errors[0] else 'missing'})\" and a warning that "
+                    f"SO101_POLICY_TRUSTED is no longer honoured; payload did not run; no Torque_Enable=1; "
                     f"dora run exit {rc}")
 
 
@@ -1438,6 +1439,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        _repo()  # the test nodes live in the source checkout's tests/nodes/
+    except ScenarioError as e:
+        print(f"faults: error: {e}")
+        return 2
     root = Path(args.work).resolve()
     root.mkdir(parents=True, exist_ok=True)
     print(f"[faults] {len(args.only or SCENARIOS)} scenario(s), work folder {root}", flush=True)
@@ -1467,12 +1473,15 @@ def write_markdown(path: Path, outcomes: list[Outcome], hog: bool = False) -> No
                                            else "FAIL: ") + "; ".join(f.splitlines()[0] for f in o.failures))
         rows[o.name] = "| " + " | ".join(_cell(x) for x in (f"`{o.name}`", o.fault, o.expected, o.observed, t,
                                                               result)) + " |"
-    order = [n for n in SCENARIOS if n in rows] + [n for n in rows if n not in SCENARIOS]
+    order = [n for n in SCENARIOS if n in rows]  # rows of scenarios that no longer exist are dropped
     head = (f"# Fault matrix\n\nWritten by `so101-deploy faults` (shared/so101_deploy/tools/faults.py); the same "
             f"scenarios are the integration tests in tests/test_faults.py.  Each row is a real `dora run` against "
             f"the software STS3215 bus; \"observed\" comes from the bus's log of every register write, the servo "
-            f"node's joint_state, the exit codes and the run's log.  Last run: "
-            f"{time.strftime('%Y-%m-%d %H:%M')}{load}, {os.cpu_count()} CPUs.\n\n")
+            f"node's joint_state, the exit codes and the run's log.  Servo settings of the scenarios (short, to be "
+            f"fast): SO101_HOLD_S {HOLD_S}, SO101_PARK_AFTER_S {PARK_AFTER_S}, SO101_PARK_SPEED_RAD_S "
+            f"{PARK_SPEED_RAD_S}, SO101_REST_POSE_RAD {','.join(str(v) for v in REST_POSE_RAD)} (near the start pose), "
+            f"SO101_SERVO_REPLY_WINDOW_MS 120; the rest as in dataflow.yml.  `so101-deploy faults --only NAME` "
+            f"reruns one row.  Last run: {time.strftime('%Y-%m-%d %H:%M')}{load}, {os.cpu_count()} CPUs.\n\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(head + TABLE_HEADER + "\n".join(rows[n] for n in order) + "\n" + tail)
 
