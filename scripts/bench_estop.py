@@ -8,8 +8,8 @@ itself every tick, holds -> ``rm`` -> RUN again.  Per trial, from the bus's writ
 joint_state:
 
 * ``bus``: t0 -> the last Goal_Position write that changed a goal after t0;
-* ``reported``: t0 -> the first joint_state that reports the e-stop (the servo holds from that tick on;
-  it includes delivering the message to another node);
+* ``reported``: t0 -> the stamp of the first joint_state that reports the e-stop (the servo holds from
+  that tick on; the stamp is taken right after the tick's decision and bus writes);
 * ``frozen``: the larger of the two per trial -- the figure the target (p99 <= 150 ms under load) is for.
 
 The hog is two ``python -c "while 1: pass"`` processes (one per core here), started and stopped by pid.
@@ -93,8 +93,8 @@ def markdown(results: dict) -> str:
              f"Measured by `scripts/bench_estop.py` ({m.get('when', '?')}, {m['cpu_count']} CPUs, "
              f"{m['processor']}, Python {m['python']}): the arm side of dataflow.yml on the software bus, actions at "
              f"50 Hz, {results['idle']['trials']} trials per condition.  *bus*: the touch -> the last goal change "
-             f"on the bus; *reported*: the touch -> the servo's joint_state reporting the e-stop (it holds from "
-             f"that tick); *frozen*: the larger of the two per trial.  Hog: two `python -c \"while 1: pass\"` "
+             f"on the bus; *reported*: the touch -> the stamp of the servo's first joint_state reporting the "
+             f"e-stop (it holds from that tick); *frozen*: the larger of the two per trial.  Hog: two `python -c \"while 1: pass\"` "
              f"processes (both cores busy).  The machine is shared with other jobs: \"idle\" is this run alone, the "
              f"load column is the 1-minute load average before and after.  Target: frozen p99 <= 150 ms under load.",
              "",

@@ -189,8 +189,9 @@ def cpu_hog(n: int = 2) -> Iterator[list[int]]:
 class BusLog:
     """The software bus's write log (JSONL), read incrementally (also any JSONL file with a "t" per row)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, stamped: bool = False):
         self.path = path
+        self.stamped = stamped  # rows carry the sender's stamp_ns: that is their time, "t_recv" the receipt
         self._rows: list[dict] = []
         self._offset = 0
         self._partial = b""
@@ -208,7 +209,11 @@ class BusLog:
             self._offset += len(data)
             data = self._partial + data
             *lines, self._partial = data.split(b"\n")
-            self._rows += [json.loads(line) for line in lines if line.strip()]
+            new = [json.loads(line) for line in lines if line.strip()]
+            if self.stamped:
+                for r in new:
+                    r["t_recv"], r["t"] = r["t"], r["stamp_ns"] / 1e9
+            self._rows += new
         return self._rows
 
     def after(self, t: float) -> list[dict]:
@@ -407,10 +412,12 @@ class DoraRun:
 
 
 class StateLog:
-    """The servo node's joint_state as a node of the run saw it (JSONL: t, state, torque, estop, events)."""
+    """The servo node's joint_state as a node of the run logged it (JSONL: state, torque, estop, events...);
+    a row's time ``t`` is the servo's own stamp (sent right after the tick that decided the state), not
+    when the logging node got it (``t_recv``: later, by how loaded the machine is)."""
 
     def __init__(self, path: Path):
-        self.log = BusLog(path)
+        self.log = BusLog(path, stamped=True)
 
     def rows(self) -> list[dict]:
         return self.log.rows()
@@ -1066,9 +1073,9 @@ def _kill_chain(out: Outcome, ctx: Context, script: str) -> None:
     closed = [ln.split("input ")[1].split(" closed")[0] for ln in run.text().splitlines()
               if "[servo] error: input" in ln]
     out.time_to_safe_s, out.time_what = (t_off - t_kill if t_off else None), "kill -> torque off"
-    out.observed = (f"cascade closed the servo's {', '.join(dict.fromkeys(closed)) or '?'} input(s): "
-                    f"{(safe['state'].upper() + ' ') if safe else ''}{(park['t'] - t_kill) if park else float('nan'):.2f} "
-                    f"s after the kill, parked within the speed bound, torque off "
+    steps = [f"{r['state'].upper()} {r['t'] - t_kill:.2f} s" for r in (safe, park) if r]
+    out.observed = (f"the cascade closed the servo's {', '.join(dict.fromkeys(closed)) or '?'} input; "
+                    f"{' then '.join(dict.fromkeys(steps))} after the kill, parked within the speed bound, torque off "
                     f"{(t_off - t_kill) if t_off else float('nan'):.2f} s after it; servo exit "
                     f"{exit_code_of(run.text(), 'servo')}, dora run exit {rc} after {took:.1f} s")
 
