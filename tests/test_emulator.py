@@ -13,16 +13,18 @@ import serial
 from so101_deploy.arm import sts3215 as sts
 from so101_deploy.arm.calibration import Calibration
 from so101_deploy.arm.emulator import EmulatedBus
+from so101_deploy.arm.sdk_port import PortHandler
 
 CAL = Calibration.example()
 
 
-@pytest.fixture(autouse=True)
-def patient_sdk(monkeypatch):
-    """The stock SDK waits 2 x LATENCY_TIMER + 2 ms (34 ms) for a reply while busy-polling; on a
-    loaded 2-core test box the bus can miss that.  A longer window (the SDK's own knob) keeps these
-    protocol tests about the protocol, not about the machine's load."""
-    monkeypatch.setattr(scs.port_handler, "LATENCY_TIMER", 60)
+def sdk_port(path) -> PortHandler:
+    """The SDK's port handler as the servo bus uses it (no busy poll, which would starve the in-process
+    bus of the GIL) with a 300 ms reply window: these are protocol tests, not tests of the machine's load
+    (the stock 34 ms window is missed on a loaded 2-core box)."""
+    port = PortHandler(str(path))
+    port.reply_window_ms = 300.0
+    return port
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def make_bus(tmp_path):
     def make(**kwargs):
         kwargs.setdefault("calibration", CAL)
         bus = EmulatedBus(tmp_path / f"tty{len(started)}", log_path=tmp_path / "writes.jsonl", **kwargs).start()
-        port = scs.PortHandler(bus.path)
+        port = sdk_port(bus.path)
         assert port.openPort()
         started.append((bus, port))
         return bus, port, scs.PacketHandler(0)
@@ -303,7 +305,7 @@ def test_cli_process_links_answers_and_cleans_up(tmp_path, venv_bin):
     try:
         banner = proc.stdout.readline()  # printed once the bus is served
         assert banner.startswith("emulate-bus: 6 STS3215") and link.is_symlink() and os.path.exists(link), banner
-        port = scs.PortHandler(str(link))
+        port = sdk_port(link)
         assert port.openPort()
         ph = scs.PacketHandler(0)
         assert [ph.ping(port, i)[:2] for i in range(1, 7)] == [(777, scs.COMM_SUCCESS)] * 6
@@ -327,7 +329,7 @@ def test_cli_one_factory_servo_with_injected_errors(tmp_path, venv_bin):
     try:
         banner = proc.stdout.readline()
         assert banner.startswith("emulate-bus: 1 STS3215 (ids [1])"), banner
-        port = scs.PortHandler(str(link))
+        port = sdk_port(link)
         assert port.openPort()
         ph = scs.PacketHandler(0)
         assert ph.ping(port, 1) == (777, scs.COMM_SUCCESS, sts.ERR_OVERHEAT | sts.ERR_VOLTAGE)
