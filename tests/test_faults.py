@@ -1,6 +1,6 @@
 """The fault matrix as integration tests: one per fault of the issue and per row of the safe-state table.
 
-Each test runs one scenario of ``shared/so101_deploy/tools/faults.py`` (the functions ``so101-deploy
+Each test runs one scenario of ``shared/so101_deploy/tools/faults/`` (the functions ``so101-deploy
 faults`` runs to write docs/faults.md): a real ``dora run`` against the software STS3215 bus, one fault
 injected (kill -9 of a node or of ``dora run``, the e-stop file, a sagging arm, a bad setting), and the
 checks made on what the arm was told -- the bus's log of every register write (Torque_Enable,

@@ -33,6 +33,10 @@ Every goal passes :class:`~so101_deploy.arm.safety.SafetyFilter` (joint limits =
 calibrated range and the SO-101 MJCF ranges, per-write step bound, NaN/inf rejected).  Leaving a hold
 or an e-stop always restarts the filter from the present pose, with the slow start: never toward an
 old goal.  Torque is released by :meth:`ServoNode.shutdown`, which the node calls on every exit path.
+
+This module is one class on purpose (past the ~500 lines the project keeps to): the servo node's life
+cycle -- start, goals, e-stop, reads, status bits, reconnect, safe states -- acts on one bus and one torque
+state, and every part of it must see all of them.
 """
 
 from __future__ import annotations
