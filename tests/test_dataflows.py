@@ -30,9 +30,43 @@ def test_the_expected_flows_exist():
 
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda p: p.name)
 def test_dora_validate(flow: Path):
-    res = subprocess.run([dora_executable(), "validate", str(flow)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run([dora_executable(), "validate", "--strict-types", str(flow)], capture_output=True, text=True,
+                         timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "wiring OK" in res.stdout + res.stderr
+    assert "wiring OK" in res.stdout + res.stderr and "All type annotations OK" in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda p: p.name)
+def test_every_message_input_carries_its_dora_type(flow: Path):
+    """Each input a project node decodes is annotated with its message's type (messages.DORA_TYPES), so
+    `dora validate --strict-types` checks every message link, not only the ones someone remembered."""
+    from so101_deploy.core.messages import DORA_TYPES
+    from so101_deploy.core.node import RAW
+
+    df = yaml.safe_load(flow.read_text())
+    for node in df["nodes"]:
+        spec = _node_spec(flow.parent / node["path"])
+        for iid, src in (node.get("inputs") or {}).items():
+            source = src["source"] if isinstance(src, dict) else src
+            schema = spec.inputs.get(iid)
+            if source.startswith("dora/") or schema is RAW or schema is None:
+                continue
+            assert (node.get("input_types") or {}).get(iid) == DORA_TYPES[schema], (flow.name, node["id"], iid)
+
+
+def test_strict_validation_catches_a_type_mismatch(tmp_path):
+    """A disparity wired into the observation's mask input: dora's own type check refuses it."""
+    df = yaml.safe_load((REPO_ROOT / "dataflow.yml").read_text())
+    for node in df["nodes"]:
+        node["path"] = str(REPO_ROOT / node["path"])
+        if node["id"] == "observation":
+            node["inputs"]["mask"] = "depth/disparity"
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(df))
+    res = subprocess.run([dora_executable(), "validate", "--strict-types", str(bad)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode != 0
+    assert 'type mismatch on input "mask"' in res.stdout + res.stderr
 
 
 @pytest.mark.parametrize("flow", FLOWS, ids=lambda p: p.name)

@@ -43,8 +43,10 @@ def build(settings, ctx) -> Handlers:
         ctx.log.info(f"new episode {msg.meta.get('episode', '?')}: target restarts from the present pose")
 
     def on_estop(msg: Message) -> None:
+        was = loop.safety.estop_engaged
         loop.on_estop(int(msg.data[0]), time.monotonic())
-        ctx.log.warning(f"e-stop {'ENGAGED' if loop.safety.estop_engaged else 'released'}")
+        if loop.safety.estop_engaged != was:  # the estop node repeats its state 20 times a second
+            ctx.log.warning(f"e-stop {'ENGAGED' if loop.safety.estop_engaged else 'released'}")
 
     return Handlers(
         on_input={"action": on_action, "joint_state": lambda m: loop.on_joint_state(m.data, time.monotonic()),

@@ -18,7 +18,8 @@ HOLD      no fresh goal for ``hold_s``; e-stop hold; e-stop input silent for    
           returns to RUN from the present pose, with the slow start
 PARK      HOLD for ``park_after_s``, or at once for a cause that cannot clear     moves in joint space at
           (a closed input) -- with ``on_fault=park``                              ``park_speed_rad_s`` to the
-                                                                                 rest pose
+                                                                                 rest pose; an e-stop hold
+                                                                                 freezes it where it is
 LIMP      parked; ``on_fault=release`` instead of parking; e-stop ``release``     torque off; reached by a fault
                                                                                  the node exits with one line
 ========  =====================================================================  ===============================
@@ -203,8 +204,8 @@ class SafeState:
                 entered = PARK
             else:
                 return Decision(HOLD, True, entered=entered, reason=self.reason)
-        # PARK: a bounded joint-space move to the rest pose, then LIMP
-        step = self.park_speed_rad_s * max(0.0, min(tick_s, 0.1))
+        # PARK: a bounded joint-space move to the rest pose, then LIMP; an e-stop hold freezes it where it is
+        step = 0.0 if self._estop == 1 else self.park_speed_rad_s * max(0.0, min(tick_s, 0.1))
         delta = np.clip(self.rest_pose_rad - self._park_goal, -step, step)
         self._park_goal = self._park_goal + delta
         if np.max(np.abs(self.rest_pose_rad - self._park_goal)) <= PARK_TOLERANCE_RAD:

@@ -8,7 +8,7 @@ torque.  Angles go through :class:`~so101_deploy.arm.calibration.Calibration`.
 Robustness beyond the stock SDK:
 
 * The stock ``PortHandler.clearPort`` only flushes output, so the rest of a failed SYNC_READ's
-  replies would be taken as answers to the next request; :class:`_PortHandler` also discards
+  replies would be taken as answers to the next request; :class:`PortHandler` also discards
   pending input (as Feetech's newer SDK does).
 * A SYNC_READ stops at the first servo that does not answer; the attempts of one read are merged
   (each servo's data is kept from the attempt that got it) so one lost reply does not lose the
@@ -42,6 +42,7 @@ import scservo_sdk as scs
 import serial
 
 from so101_deploy.arm import sts3215 as sts
+from so101_deploy.arm.sdk_port import REPLY_WINDOW_MS, PortHandler
 from so101_deploy.arm.calibration import Calibration
 from so101_deploy.core.messages import JOINT_NAMES, N_JOINTS
 
@@ -54,7 +55,6 @@ CONFIGURE_ALL = (("Return_Delay_Time", 0), ("Maximum_Acceleration", 254), ("Acce
 CONFIGURE_PID = (("Operating_Mode", 0), ("P_Coefficient", 16), ("I_Coefficient", 0), ("D_Coefficient", 32))
 CONFIGURE_GRIPPER = (("Max_Torque_Limit", 500), ("Protection_Current", 250), ("Overload_Torque", 25))
 PHASE_MULTI_TURN_BIT = 0x10
-REPLY_WINDOW_MS = 50.0  # how long the SDK waits for a reply (LeRobot's value; stock SDK: 34 ms)
 RETRY_BACKOFF_S = 0.02  # the first pause between two tries of a start-up exchange; doubles, at most 0.2 s
 RETRY_BACKOFF_MAX_S = 0.2
 
@@ -76,31 +76,6 @@ class ServoBusError(RuntimeError):
 
 class ServoPortError(ServoBusError):
     """The port itself does not work (any more): unplugged, the emulator stopped, or not open."""
-
-
-class _PortHandler(scs.PortHandler):
-    """The SDK's port handler; ``clearPort`` also drops stale replies (see module docstring)."""
-
-    reply_window_ms = REPLY_WINDOW_MS
-
-    def clearPort(self):
-        self.ser.flush()
-        self.ser.reset_input_buffer()
-
-    def setPacketTimeout(self, packet_length):
-        # LeRobot's patch of the stock formula (2 x 16 ms "latency timer" + 2 ms): 50 ms + the bytes'
-        # time, after gitee.com/ftservo/SCServoSDK/issues/IBY2S6; Feetech's newer SDK does the same.
-        self.packet_start_time = self.getCurrentTime()
-        self.packet_timeout = self.tx_time_per_byte * (packet_length + 3.0) + self.reply_window_ms
-
-    def readPort(self, length):
-        # The SDK polls a non-blocking port in a tight loop while it waits for a reply; yielding the
-        # CPU for 0.1 ms between empty polls costs nothing at 1 Mbps and leaves the cores to the
-        # models (and to the emulated bus, which otherwise can miss the SDK's 34 ms window).
-        data = self.ser.read(length)
-        if not data:
-            time.sleep(0.0001)
-        return data
 
 
 @dataclass
@@ -151,7 +126,7 @@ class ServoBus:
         self.retry_backoff_s = float(retry_backoff_s)
         self.errors = collections.Counter()  # kind -> count, e.g. "read_timeout", "read_corrupt"
         self.reads = 0
-        self._port: _PortHandler | None = None
+        self._port: PortHandler | None = None
         self._ph = scs.PacketHandler(0)  # protocol 0: STS/SMS, little-endian words
         self._last_steps = np.zeros(N_JOINTS, np.int64)
         self._have_steps = np.zeros(N_JOINTS, bool)
@@ -166,7 +141,7 @@ class ServoBus:
         return self._port is not None and self._port.is_open
 
     def connect(self, handshake: bool = True) -> None:
-        port = _PortHandler(self.port_name)
+        port = PortHandler(self.port_name)
         port.reply_window_ms = self.reply_window_ms
         try:
             opened = port.openPort() and port.setBaudRate(self.baudrate)
@@ -196,7 +171,7 @@ class ServoBus:
             raise ServoPortError(f"servo bus {self.port_name}: {what} failed, the port does not work any more "
                                 f"({e}) -- unplugged or powered off?") from None
 
-    def _idle_port(self) -> _PortHandler:
+    def _idle_port(self) -> PortHandler:
         if self._port is None or not self._port.is_open:
             raise ServoPortError(f"servo bus {self.port_name!r} is not open (call connect() first)")
         self._port.is_using = False  # an exchange cut short (signal) must not leave the SDK "busy"

@@ -65,6 +65,7 @@ from typing import Callable, Iterable
 import scservo_sdk as scs
 
 from so101_deploy.arm import sts3215 as sts
+from so101_deploy.arm.sdk_port import PortHandler
 
 RELEASED = b"released\n"
 READY = b"ready\n"
@@ -78,33 +79,12 @@ class TorqueGuardError(RuntimeError):
 
 # --- the guard process ---------------------------------------------------------------------------------------
 
-class _Port(scs.PortHandler):
-    """The SDK port handler with the servo bus's three fixes (see servo_bus): stale input dropped
-    before each request, a reply window in ms, and no busy poll while waiting for a reply."""
-
-    reply_window_ms = 100.0
-
-    def clearPort(self):
-        self.ser.flush()
-        self.ser.reset_input_buffer()
-
-    def setPacketTimeout(self, packet_length):
-        self.packet_start_time = self.getCurrentTime()
-        self.packet_timeout = self.tx_time_per_byte * (packet_length + 3.0) + self.reply_window_ms
-
-    def readPort(self, length):
-        data = self.ser.read(length)
-        if not data:
-            time.sleep(0.0001)
-        return data
-
-
 def release_torque(port_name: str, baudrate: int, ids: Iterable[int], tries: int = 3,
                    reply_window_ms: float = 100.0) -> list[int]:
     """Open the port, write Torque_Enable=0 (broadcast, then each id with an acknowledgement, up
     to ``tries`` rounds), close it.  Returns the ids that never acknowledged; never raises."""
     pending = [int(i) for i in ids]
-    port = _Port(port_name)
+    port = PortHandler(port_name)
     port.reply_window_ms = reply_window_ms
     ph = scs.PacketHandler(0)
     for _ in range(tries):

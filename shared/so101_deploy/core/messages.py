@@ -86,6 +86,13 @@ SCHEMAS: dict[str, Schema] = {
     )
 }
 
+# The type each message has in dora 1.1's annotations (`output_types`/`input_types` in the YAML): what
+# `dora validate --strict-types` can check is the element type of the flat array (and Image for frames).
+_DORA_ELEMENT = {np.dtype(np.uint8): "std/core/v1/UInt8", np.dtype(np.float32): "std/core/v1/Float32",
+                 np.dtype(np.float64): "std/core/v1/Float64"}
+DORA_TYPES: dict[str, str] = {name: "std/media/v1/Image" if name == "image" else _DORA_ELEMENT[s.dtype]
+                              for name, s in SCHEMAS.items()}
+
 
 @dataclass
 class Message:

@@ -99,7 +99,11 @@ class NodeContext:
         if self._node is None:
             from dora import Node  # imported here: building a node (loading a model) needs no dora
 
-            self._node = Node()
+            try:
+                self._node = Node()
+            except RuntimeError as e:  # e.g. another node failed at start and dora gave up the dataflow
+                reason = next((ln.strip() for ln in str(e).splitlines() if "failed" in ln), str(e).splitlines()[0])
+                raise StartError(f"{self.spec.name}: cannot join the dataflow: {reason}") from None
         return self._node
 
     def node_config(self) -> dict:
@@ -141,9 +145,12 @@ def run_node(spec: NodeSpec, build: Build, node: Any = None, env: Mapping[str, s
         return 2
     try:
         dora_node = ctx.dora
-    except BaseException:  # not started by dora, or the daemon is gone: still release what build took
+    except BaseException as e:  # not started by dora, or the daemon is gone: still release what build took
         if handlers.on_stop is not None:
             handlers.on_stop()
+        if isinstance(e, StartError):
+            logger.error(str(e))
+            return 2
         raise
     try:
         schemas = handlers.schemas if handlers.schemas is not None else \

@@ -977,22 +977,10 @@ def scenario_state_hold_estop(out: Outcome, ctx: Context) -> None:
 
 # --- faults ---------------------------------------------------------------------------------------
 
-# Scenarios that fail today for a known reason outside this module; the tests mark them xfail with it.
-START_NOISE = ("core/node.py: the failing nodes' one line each is followed by a traceback from every other node: "
-               "once all have loaded, dora 1.1 fails their Node() (RuntimeError \"subscribe failed: Node X exited "
-               "before initializing dora\"), and run_node lets it escape (core/node.py:143 `dora_node = ctx.dora`, "
-               "re-raised by the `except BaseException`; the servo meets it earlier, nodes/servo/main.py:47 "
-               "ctx.node_config() in build); camera and frame_gate (restart_policy on-failure) are restarted and "
-               "print it again")
-# name -> (reason, the failure messages it explains): a failed scenario is a known issue only when every
-# one of its failures is one of those (anything else is a plain failure)
-KNOWN_ISSUES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "estop_node_killed": ("arm side: an e-stop hold does not stop a PARK. safe_state.SafeState.step enters PARK at "
-                          "once for a closed input (permanent cause) and keeps moving toward the rest pose while the "
-                          "e-stop file says hold (it checks self._estop only for release, == 2); the goals should stay "
-                          "frozen until the e-stop is cleared", ("goals kept changing",)),
-    "start_failures": (START_NOISE, ("printed a traceback",)),
-}
+# Scenarios that fail for a known reason outside this module, with the failure messages it explains (the
+# tests mark them xfail with the reason; anything else fails).  None today: the two the matrix found (an
+# e-stop hold did not freeze a park; a failed start made every other node print a traceback) are fixed.
+KNOWN_ISSUES: dict[str, tuple[str, tuple[str, ...]]] = {}
 
 
 def known_issue(o: Outcome) -> str | None:
