@@ -122,7 +122,7 @@ def write_section(md: Path, section: str) -> None:
     i = text.find(head)
     if i >= 0:
         j = text.find("\n## ", i + len(head))
-        text = text[:i] + section + (text[j + 1:] if j >= 0 else "")
+        text = text[:i] + section + ("\n" + text[j + 1:] if j >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     md.parent.mkdir(parents=True, exist_ok=True)
