@@ -54,7 +54,7 @@ def build(settings, ctx) -> Handlers:
 
     def on_stop() -> None:
         if bus is not None:
-            bus.stop(torque_grace_s=15.0)  # a deadline: it returns as soon as the servo node released torque
+            bus.stop(torque_grace_s=60.0)  # a deadline: it returns as soon as the servo node released torque
         wins = sum(r["success"] for r in runner.results)
         ctx.log.info(f"{len(runner.results)} episodes finished, {wins} successes: {runner.results}; "
                      f"episode {runner.sim.episode} at step {runner.sim.step_count}: "
