@@ -402,3 +402,18 @@ class StateLog:
     def last(self) -> dict | None:
         rows = self.rows()
         return rows[-1] if rows else None
+
+    def final_hold(self) -> dict | None:
+        """The first HOLD row after the last RUN row.  On a loaded machine a late action can make a brief
+        HOLD while actions still flow (RUN again from the present pose); this is the hold that lasted."""
+        rows = self.rows()
+        last_run = max((i for i, r in enumerate(rows) if r["state"] == "run"), default=-1)
+        return next((r for r in rows[last_run + 1:] if r["state"] == "hold"), None)
+
+    def hold_lasting(self, span_s: float) -> dict | None:
+        """The final hold once it has lasted ``span_s`` (every row since is HOLD), else None."""
+        h = self.final_hold()
+        if h is None:
+            return None
+        since = self.log.after(h["t"])
+        return h if since[-1]["t"] - h["t"] >= span_s and all(r["state"] == "hold" for r in since) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 
-from so101_deploy.tools.faults.runtime import Bus, DoraRun, HOLD_S, Outcome, PARK_AFTER_S, StateLog, session_pids, wait_for
+from so101_deploy.tools.faults.runtime import Bus, DoraRun, HOLD_S, Outcome, PARK_AFTER_S, ScenarioError, StateLog, session_pids, wait_for
 from so101_deploy.tools.faults.flows import Context, FAST, _touch, _wait_running, changes, check_goals_safe, check_park, check_slow_start, check_torque_released_last, exit_code_of, freeze_latency, light_flow, scenario
 
 @scenario
@@ -42,10 +42,10 @@ def scenario_state_hold_no_action(out: Outcome, ctx: Context) -> None:
     with Bus(f) as bus, DoraRun(light_flow(f, bus.link, source={"SO101_ACTION_STOP_AFTER_S": 2.0})) as run:
         states = StateLog(f / "joint_state.jsonl")
         _wait_running(out, run, bus.log, states)
-        hold = wait_for(lambda: states.first(lambda r: r["state"] == "hold"), 60, "HOLD after the actions stop")
+        hold = wait_for(lambda: states.hold_lasting(1.0) or run.exited(), 60, "a HOLD of 1 s after the actions stop")
+        if run.exited():
+            raise ScenarioError(f"dora run ended (exit {run.proc.returncode}) before a 1 s HOLD")
         t_hold = hold["t"]
-        wait_for(lambda: states.first(lambda r: True, after_t=t_hold + 1.0) or run.exited(), 30,
-                 "1 s of joint_state after the HOLD")
         rc = run.interrupt()
     batches = bus.log.goal_batches()
     moved = changes(batches)
@@ -76,13 +76,15 @@ def _hold_then(out: Outcome, ctx: Context, on_fault: str) -> tuple[Bus, DoraRun,
                                  source={"SO101_ACTION_STOP_AFTER_S": 2.0})) as run:
         states = StateLog(f / "joint_state.jsonl")
         _wait_running(out, run, bus.log, states)
-        hold = wait_for(lambda: states.first(lambda r: r["state"] == "hold"), 60, "HOLD after the actions stop")
         if on_fault == "hold":
-            wait_for(lambda: states.first(lambda r: True, after_t=hold["t"] + PARK_AFTER_S + 1.0) or run.exited(),
-                     60, "the hold to last past SO101_PARK_AFTER_S")
+            wait_for(lambda: states.hold_lasting(PARK_AFTER_S + 1.0) or run.exited(), 90,
+                     "a hold lasting past SO101_PARK_AFTER_S")
             rc = run.interrupt()
         else:
-            rc = run.wait(60, "the servo to end the run")
+            rc = run.wait(90, "the servo to end the run")
+    hold = states.final_hold()
+    if hold is None:
+        raise ScenarioError(f"no HOLD after the actions stopped (dora run exit {rc})")
     return bus, run, states, hold["t"], rc
 
 
