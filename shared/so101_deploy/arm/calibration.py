@@ -217,14 +217,19 @@ class Calibration:
         if steps.shape != (N_JOINTS,):
             raise ValueError(f"steps_to_rad: expected shape ({N_JOINTS},), got {steps.shape}")
         rad = self._steps_to_rad_unclipped(steps)
+        self._clip_gripper(rad, "reading")
+        return rad
+
+    def _clip_gripper(self, rad: np.ndarray, what: str) -> None:
+        """Clip the gripper angle (in place) to the MJCF range; each clip is an event
+        (``gripper_{what}_above_limit`` / ``_below_limit``)."""
         g = rad[GRIPPER]
         if g > GRIPPER_OPEN_RAD:
-            self._event("gripper_reading_above_limit", g)
+            self._event(f"gripper_{what}_above_limit", g)
             rad[GRIPPER] = GRIPPER_OPEN_RAD
         elif g < GRIPPER_CLOSED_RAD:
-            self._event("gripper_reading_below_limit", g)
+            self._event(f"gripper_{what}_below_limit", g)
             rad[GRIPPER] = GRIPPER_CLOSED_RAD
-        return rad
 
     def rad_to_steps(self, rad: np.ndarray) -> np.ndarray:
         """Joint angles (6,) rad -> integer steps (6,) inside the calibrated range: LeRobot's int()
@@ -234,13 +239,7 @@ class Calibration:
             raise ValueError(f"rad_to_steps: expected shape ({N_JOINTS},), got {rad.shape}")
         if not np.isfinite(rad).all():
             raise ValueError(f"rad_to_steps: expected finite angles, got {rad}")
-        g = rad[GRIPPER]
-        if g > GRIPPER_OPEN_RAD:
-            self._event("gripper_goal_above_limit", g)
-            rad[GRIPPER] = GRIPPER_OPEN_RAD
-        elif g < GRIPPER_CLOSED_RAD:
-            self._event("gripper_goal_below_limit", g)
-            rad[GRIPPER] = GRIPPER_CLOSED_RAD
+        self._clip_gripper(rad, "goal")
         steps = np.empty(N_JOINTS, dtype=np.float64)
         # joints 1-5: LeRobot's int((deg * max_res / 360) + mid), deg = rad x 180/pi
         x = (np.rad2deg(rad[:GRIPPER]) * LEROBOT_MAX_RES / 360.0) + self.mid[:GRIPPER]
