@@ -68,7 +68,6 @@ def emulated_bus(tmp_path, venv_bin):
     """`so101-deploy emulate-bus` (the example calibration) on a pty in its own process group; yields
     (link to point SO101_PORT at, JSONL log of every register write); stopped by its pid afterwards."""
     import os
-    import signal
     import subprocess
     import time
 
@@ -86,13 +85,7 @@ def emulated_bus(tmp_path, venv_bin):
             time.sleep(0.05)
         yield link, log
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_group(proc)
 
 
 def recorded_count(path) -> int:
@@ -108,3 +101,18 @@ def recorded_count(path) -> int:
             return len(read_messages(path))
     except Exception:  # noqa: BLE001 - not there yet, or not even a schema yet
         return 0
+
+
+def stop_group(proc) -> None:
+    """Stop a process started with start_new_session=True, by its group: SIGTERM, then SIGKILL after 5 s."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

@@ -24,6 +24,7 @@ from so101_deploy.arm.emulator import EmulatedBus
 from so101_deploy.arm.safety import JointLimits
 from so101_deploy.arm.servo_node import ServoNode, ServoSettings
 from so101_deploy.arm.servo_node import SETTINGS as SERVO_SETTINGS
+from conftest import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 CAL_PATH = EXAMPLE_PATH
@@ -111,13 +112,7 @@ def emulator(tmp_path, venv_bin):
 
     yield start
     for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_group(proc)
 
 
 def write_dataflow(tmp_path: Path, link: Path, source_env: dict) -> tuple[Path, Path]:
