@@ -200,3 +200,16 @@ def build_spec(mjcf_path: str | Path | None = None, gripperframe: str | None = N
 def build_model(mjcf_path: str | Path | None = None, gripperframe: str | None = None) -> mujoco.MjModel:
     """The compiled scene."""
     return build_spec(mjcf_path, gripperframe).compile()
+
+
+def wrist_camera_pinhole(model: mujoco.MjModel | None = None):
+    """The sim's ``wrist_cam`` as a distortion-free pinhole camera at the resolution the simulator renders
+    (640x480): its fovy is read from the compiled MJCF scene (``model``, else :func:`build_model`)."""
+    from so101_deploy.perception.camera_calibration import PinholeCamera  # noqa: PLC0415
+
+    model = build_model() if model is None else model
+    try:
+        cam = model.camera(CAMERA_NAME)
+    except KeyError:
+        raise ValueError(f"the scene has no camera {CAMERA_NAME!r} (expected the pick-101 wrist camera)") from None
+    return PinholeCamera.from_fovy(float(model.cam_fovy[cam.id]), IMAGE_WIDTH, IMAGE_HEIGHT)
