@@ -2,14 +2,17 @@
 
 Inputs: `tick` (a dora timer polled faster than the frame rate; the node keeps SO101_CAMERA_FPS).
 Output: `image` (640x480 BGR, frame_id from 0, stamp_ns = capture time).
-Settings: so101_deploy.perception.camera.SETTINGS.
+Settings: so101_deploy.perception.camera.SETTINGS. With SO101_CAMERA_CALIBRATION every frame is remapped
+onto the simulator's wrist_cam (fovy and size read from the MJCF scene) by one precomputed table.
 """
 
 import sys
 
+from so101_deploy.core.log import leveled
 from so101_deploy.core.messages import encode
 from so101_deploy.core.node import RAW, FatalError, Handlers, NodeSpec, StartError, run_node
 from so101_deploy.perception.camera import SETTINGS, Camera, CameraError
+from so101_deploy.perception.camera_calibration import CalibrationError, rectifier_from_settings
 
 # `arm` (optional, any message): its only use is that it closes when the arm side is gone, so the camera
 # stops with the run instead of running on alone
@@ -17,11 +20,19 @@ SPEC = NodeSpec("camera", SETTINGS, inputs={"tick": RAW, "arm": RAW}, outputs=("
                 optional=frozenset({"arm"}))
 
 
+def sim_camera():
+    """The sim's wrist_cam pinhole, read from the compiled scene (mujoco is loaded only with a calibration)."""
+    from so101_deploy.sim.scene import wrist_camera_pinhole
+
+    return wrist_camera_pinhole()
+
+
 def build(settings, ctx) -> Handlers:
     try:
-        camera = Camera.from_settings(settings)
+        rectifier = rectifier_from_settings(settings, sim_camera, leveled(ctx.log))
+        camera = Camera.from_settings(settings, rectifier=rectifier)
         camera.open()
-    except CameraError as e:
+    except (CameraError, CalibrationError) as e:
         raise StartError(str(e)) from None
     sent = 0
 

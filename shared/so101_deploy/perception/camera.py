@@ -17,6 +17,11 @@ What can go wrong, and what happens:
   attempt logged once; frames resume with the next ``frame_id``;
 - a file or folder that ends with ``loop`` off, or ``max_frames`` reached -> reported once, then
   no more frames.
+
+With a camera calibration (``SO101_CAMERA_CALIBRATION``, a :class:`~so101_deploy.perception.
+camera_calibration.Rectifier` given to :class:`Camera`) every frame is undistorted and reprojected onto
+the simulator's ``wrist_cam`` pinhole with one precomputed ``cv2.remap`` table; the source must then
+deliver the calibrated size (``resize`` is not applied: it would change the intrinsics).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import numpy as np
 
 from so101_deploy.core.log import leveled
 from so101_deploy.core.settings import Setting
+from so101_deploy.perception.camera_calibration import SETTINGS as CALIBRATION_SETTINGS
+from so101_deploy.perception.camera_calibration import Rectifier
 
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -50,7 +57,7 @@ SETTINGS = (
     Setting("SO101_CAMERA_RESIZE", "bool", False, "resize frames of another size to 640x480 (INTER_AREA) instead "
             "of refusing them"),
     Setting("SO101_CAMERA_MAX_FRAMES", "int", 0, "stop after this many frames (0: never)", min=0),
-)
+) + CALIBRATION_SETTINGS
 
 
 class CameraError(RuntimeError):
@@ -113,9 +120,10 @@ def _list_images(folder: Path) -> list[Path]:
 class _CaptureReader:
     """cv2.VideoCapture of a device or a video file."""
 
-    def __init__(self, source: Source, fps: float):
+    def __init__(self, source: Source, fps: float, size: tuple[int, int] = (FRAME_WIDTH, FRAME_HEIGHT)):
         self.source = source
         self.fps = fps
+        self.size = size
         self.cap: cv2.VideoCapture | None = None
 
     def open(self) -> None:
@@ -134,8 +142,8 @@ class _CaptureReader:
             raise SourceLost(f"OpenCV cannot open {self.source.describe()}")
         if self.source.live:
             # ask for the pipeline's size and rate; keep only the newest frame so ticks see fresh images
-            cap.set(cv2.CAP_PROP_FRAME_WIDTH, FRAME_WIDTH)
-            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, FRAME_HEIGHT)
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])  # 640x480, or the calibrated mode
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
             cap.set(cv2.CAP_PROP_FPS, self.fps)
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         self.cap = cap
@@ -207,13 +215,14 @@ class Camera:
 
     ``loop`` (default: on for files and folders) restarts a file or folder at its end;
     ``resize`` turns frames of another size into 640x480 with INTER_AREA instead of refusing them;
-    ``max_frames`` > 0 stops after that many frames.
+    ``max_frames`` > 0 stops after that many frames; ``rectifier`` remaps every frame onto the sim's camera.
     """
 
     def __init__(self, source: str | int | Source, *, fps: float = 30.0, loop: bool | None = None,
                  resize: bool = False, max_frames: int = 0, backoff_initial_s: float = 0.1,
                  backoff_max_s: float = 2.0, log: Log | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, rectifier: Rectifier | None = None):
+        self.rectifier = rectifier
         self.source = source if isinstance(source, Source) else parse_source(source)
         if not fps > 0:
             raise CameraError(f"SO101_CAMERA_FPS must be > 0, got {fps}")
@@ -235,15 +244,20 @@ class Camera:
         self._next_attempt = 0.0
         self._next_due: float | None = None
         self._pending: np.ndarray | None = None
+        if rectifier is not None and rectifier.output_size != (FRAME_WIDTH, FRAME_HEIGHT):
+            raise CameraError(f"camera calibration remaps to {rectifier.output_size[0]}x{rectifier.output_size[1]}; "
+                              f"the pipeline needs {FRAME_WIDTH}x{FRAME_HEIGHT} (the sim's wrist_cam)")
         self._reader = (_FolderReader(self.source, self.log) if self.source.kind == "folder"
-                        else _CaptureReader(self.source, fps))
+                        else _CaptureReader(self.source, fps, rectifier.input_size if rectifier else
+                                            (FRAME_WIDTH, FRAME_HEIGHT)))
 
     @classmethod
-    def from_settings(cls, settings, log: Log | None = None) -> "Camera":
-        """Build from a node's :class:`~so101_deploy.core.settings.Settings` (:data:`SETTINGS`)."""
+    def from_settings(cls, settings, log: Log | None = None, rectifier: Rectifier | None = None) -> "Camera":
+        """Build from a node's :class:`~so101_deploy.core.settings.Settings` (:data:`SETTINGS`); the
+        rectifier of ``SO101_CAMERA_CALIBRATION`` is built by the caller (it needs the sim's camera)."""
         return cls(parse_source(settings["SO101_CAMERA"]), fps=settings["SO101_CAMERA_FPS"],
                    loop=settings["SO101_CAMERA_LOOP"], resize=settings["SO101_CAMERA_RESIZE"],
-                   max_frames=settings["SO101_CAMERA_MAX_FRAMES"], log=log)
+                   max_frames=settings["SO101_CAMERA_MAX_FRAMES"], log=log, rectifier=rectifier)
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -255,6 +269,13 @@ class Camera:
         if image.dtype != np.uint8:
             raise CameraError(f"{self.source.describe()} delivers {image.dtype} frames; expected 8-bit BGR")
         h, w = image.shape[:2]
+        if self.rectifier is not None:
+            cw, ch = self.rectifier.input_size
+            if (w, h) != (cw, ch):
+                raise CameraError(f"{self.source.describe()} delivers {w}x{h} frames; the camera calibration "
+                                  f"(SO101_CAMERA_CALIBRATION) is for {cw}x{ch}: choose that mode, or calibrate "
+                                  f"this one with `so101-deploy calibrate-camera`")
+            return np.ascontiguousarray(self.rectifier.apply(image))
         if (h, w) != (FRAME_HEIGHT, FRAME_WIDTH):
             if not self.resize:
                 raise CameraError(
@@ -286,8 +307,10 @@ class Camera:
             self._lost(self.clock() if now is None else now, announce=False)
             return
         self.state = "streaming"
+        remap = "" if self.rectifier is None else (f", {self.rectifier.input_size[0]}x{self.rectifier.input_size[1]} "
+                                                   f"remapped to the sim's camera")
         self.log("info", f"opened {self.source.describe()} ({FRAME_WIDTH}x{FRAME_HEIGHT} BGR at "
-                         f"{self.fps:g} fps{', looping' if self.loop and not self.source.live else ''})")
+                         f"{self.fps:g} fps{', looping' if self.loop and not self.source.live else ''}{remap})")
 
     def _lost(self, now: float, reason: str = "", announce: bool = True) -> None:
         self._reader.release()

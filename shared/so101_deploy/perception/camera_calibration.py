@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -41,6 +41,10 @@ FORMAT = "so101-camera-calibration/1"
 MAX_RMS_PX = 1.0
 MIN_VIEWS = 8  # fewer views do not constrain focal length and distortion together
 MIN_COVERAGE = 0.6  # share of the coverage grid's cells the corners must have touched
+# the focal length's standard deviation (OpenCV's estimate) must stay below this share of it: views that
+# are all nearly parallel to the image leave focal length and distance interchangeable (a tiny RMS error
+# with a focal length tens of percent off); tilted views pin it down
+MAX_FOCAL_STD = 0.01
 COVERAGE_GRID = (4, 6)  # rows, cols
 DEFAULT_BOARD = (9, 6)  # inner corners (columns, rows) of the common 10x7-square OpenCV board
 COVERAGE_WARN = 0.995  # below: the real camera leaves black borders in the sim's view
@@ -306,13 +310,18 @@ def calibrate(corner_sets: Sequence[np.ndarray], size: tuple[int, int], board: B
                                f"show the board near the edges and corners too (distortion is strongest there)\n"
                                f"{coverage.text()}")
     obj = [board.object_points()] * len(views)
-    rms, k, d, _, _ = cv2.calibrateCamera(obj, views, size, None, None)
+    rms, k, d, _, _, std, _, _ = cv2.calibrateCameraExtended(obj, views, size, None, None)
     calib = CameraCalibration(size[0], size[1], np.asarray(k, np.float64), np.asarray(d, np.float64).ravel(),
                               float(rms), len(views), coverage.share, board.as_dict(), source)
     if not math.isfinite(rms) or rms > max_rms_px:
         raise CalibrationError(f"RMS reprojection error {rms:.3f} px is above the bound of {max_rms_px:g} px: "
                                f"check the --board inner-corner count and --square size, use a flat, sharp, "
                                f"evenly lit board and hold it still")
+    focal_std = float(max(std[0, 0] / k[0, 0], std[1, 0] / k[1, 1]))
+    if not math.isfinite(focal_std) or focal_std > MAX_FOCAL_STD:
+        raise CalibrationError(f"the focal length is poorly constrained (fx {k[0, 0]:.1f} px +- {focal_std:.1%}, "
+                               f"bound {MAX_FOCAL_STD:.0%}): the views are too alike; add views with the board "
+                               f"tilted 20-40 deg towards each side")
     return calib
 
 
@@ -387,11 +396,39 @@ class Rectifier:
         """The loud start message when the real camera is narrower than the sim's (black borders), else None."""
         if self.coverage >= COVERAGE_WARN:
             return None
+        real, sim = self.calibration.fov_deg(), self.target.fov_deg()
         return (f"THE REAL CAMERA SEES ONLY {self.coverage:.1%} OF THE SIM'S VIEW: {1 - self.coverage:.1%} of every "
-                f"frame is black border the policy never saw (real HFOV {self.calibration.fov_deg()['horizontal']:.1f} "
-                f"deg < sim {self.target.fov_deg()['horizontal']:.1f} deg?); use a wider lens or camera mode")
+                f"frame is black border the policy never saw (real {real['horizontal']:.1f} x {real['vertical']:.1f} "
+                f"deg, sim {sim['horizontal']:.1f} x {sim['vertical']:.1f} deg, horizontal x vertical); use a wider "
+                f"lens or camera mode")
 
 
 def rectifier_from_path(path: str | Path, target: PinholeCamera) -> Rectifier:
     """Load a calibration file and build its table onto ``target`` (errors: :class:`CalibrationError`)."""
     return Rectifier(CameraCalibration.load(path), target)
+
+
+NO_CALIBRATION_WARNING = (
+    "SO101_CAMERA_CALIBRATION is not set: frames pass through unchanged, so the cube's size and place in the "
+    "observation follow this camera's field of view and distortion, not the sim's wrist_cam; calibrate with "
+    "`so101-deploy calibrate-camera` (docs/camera-calibration.md)")
+
+
+def rectifier_from_settings(settings, sim_camera: Callable[[], PinholeCamera],
+                            log: Callable[[str, str], None]) -> Rectifier | None:
+    """The camera node's start: no calibration -> None with one warning (today's behaviour); a
+    calibration -> its table onto ``sim_camera()``, described, with a loud warning for black borders.
+    A missing, corrupt or bad-RMS file is one :class:`CalibrationError` line naming the setting."""
+    path = settings["SO101_CAMERA_CALIBRATION"]
+    if not path:
+        log("warning", NO_CALIBRATION_WARNING)
+        return None
+    try:
+        rectifier = Rectifier(CameraCalibration.load(path), sim_camera())
+    except CalibrationError as e:
+        raise CalibrationError(f"SO101_CAMERA_CALIBRATION={path}: {e}") from None
+    log("info", rectifier.describe())
+    warning = rectifier.border_warning()
+    if warning:
+        log("warning", warning)
+    return rectifier

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("so101_deploy.tools.bench", "measure stage latencies, the hand-off pipeline and this graph on this machine"),
     "doctor": ("so101_deploy.tools.doctor", "check this machine, and optionally the camera, bus and checkpoints"),
     "camera-check": ("so101_deploy.tools.camera_check", "open a camera source and report what it delivers"),
+    "calibrate-camera": ("so101_deploy.tools.calibrate_camera",
+                         "checkerboard calibration of the wrist camera (photos or live) -> SO101_CAMERA_CALIBRATION JSON"),
     "make-video": ("so101_deploy.tools.make_video", "write the project's generated test video (a cube seen from the wrist)"),
     "replay-demo": ("so101_deploy.tools.replay", "run the replay dataflow (generated video -> camera -> recorder)"),
     "emulate-bus": ("so101_deploy.tools.emulate_bus", "a software bus of six STS3215 servos on a pty that scservo_sdk talks to"),
