@@ -45,6 +45,9 @@ MIN_COVERAGE = 0.6  # share of the coverage grid's cells the corners must have t
 # are all nearly parallel to the image leave focal length and distance interchangeable (a tiny RMS error
 # with a focal length tens of percent off); tilted views pin it down
 MAX_FOCAL_STD = 0.01
+# and at least this many views must show the board tilted by TILT_DEG or more: with the board always
+# facing the camera, a wrong focal length and a matching distortion fit the corners just as well
+MIN_TILTED_VIEWS, TILT_DEG = 3, 15.0
 COVERAGE_GRID = (4, 6)  # rows, cols
 DEFAULT_BOARD = (9, 6)  # inner corners (columns, rows) of the common 10x7-square OpenCV board
 COVERAGE_WARN = 0.995  # below: the real camera leaves black borders in the sim's view
@@ -310,13 +313,19 @@ def calibrate(corner_sets: Sequence[np.ndarray], size: tuple[int, int], board: B
                                f"show the board near the edges and corners too (distortion is strongest there)\n"
                                f"{coverage.text()}")
     obj = [board.object_points()] * len(views)
-    rms, k, d, _, _, std, _, _ = cv2.calibrateCameraExtended(obj, views, size, None, None)
+    rms, k, d, rvecs, _, std, _, _ = cv2.calibrateCameraExtended(obj, views, size, None, None)
     calib = CameraCalibration(size[0], size[1], np.asarray(k, np.float64), np.asarray(d, np.float64).ravel(),
                               float(rms), len(views), coverage.share, board.as_dict(), source)
     if not math.isfinite(rms) or rms > max_rms_px:
         raise CalibrationError(f"RMS reprojection error {rms:.3f} px is above the bound of {max_rms_px:g} px: "
                                f"check the --board inner-corner count and --square size, use a flat, sharp, "
                                f"evenly lit board and hold it still")
+    tilts = [math.degrees(math.acos(min(1.0, abs(float(cv2.Rodrigues(r)[0][2, 2]))))) for r in rvecs]
+    tilted = sum(t >= TILT_DEG for t in tilts)
+    if tilted < MIN_TILTED_VIEWS:
+        raise CalibrationError(f"only {tilted} of {len(views)} views show the board tilted by {TILT_DEG:g} deg or "
+                               f"more, need {MIN_TILTED_VIEWS}: with the board always facing the camera the focal "
+                               f"length cannot be told from the distortion; add views tilted 20-40 deg to each side")
     focal_std = float(max(std[0, 0] / k[0, 0], std[1, 0] / k[1, 1]))
     if not math.isfinite(focal_std) or focal_std > MAX_FOCAL_STD:
         raise CalibrationError(f"the focal length is poorly constrained (fx {k[0, 0]:.1f} px +- {focal_std:.1%}, "

@@ -31,9 +31,15 @@ class Check:
     detail: str
 
 
+class _Warn(Exception):
+    """Raised by a check that passed with something the user must know (reported as WARN)."""
+
+
 def _try(name: str, fn: Callable[[], str], fail_hint: str = "", warn_only: bool = False) -> Check:
     try:
         return Check(name, "OK", fn())
+    except _Warn as w:
+        return Check(name, "WARN", str(w))
     except Exception as e:  # noqa: BLE001 - a doctor reports, it does not crash
         msg = f"{type(e).__name__}: {e}".strip()
         if fail_hint:
@@ -100,6 +106,34 @@ def _camera(src: str, timeout_s: float = 5.0) -> str:
     raise TimeoutError(f"{src}: no frame within {timeout_s:g} s (so101-deploy camera-check {src} tells more)")
 
 
+def _camera_calibration(path: str | None) -> Check:
+    """Whether SO101_CAMERA_CALIBRATION (or --camera-calibration) is set, and the camera's FOV against the sim's."""
+    from so101_deploy.perception.camera_calibration import (NO_CALIBRATION_WARNING, CameraCalibration,  # noqa: PLC0415
+                                                            Rectifier)
+
+    name = "camera calibration"
+    if not path:
+        return Check(name, "WARN", NO_CALIBRATION_WARNING)
+
+    def describe() -> str:
+        from so101_deploy.sim.scene import wrist_camera_pinhole  # noqa: PLC0415
+
+        calib = CameraCalibration.load(path)
+        sim = wrist_camera_pinhole()
+        rect = Rectifier(calib, sim)
+        real_fov, sim_fov = calib.fov_deg(), sim.fov_deg()
+        text = (f"{path}: {calib.width}x{calib.height}, fx {calib.camera_matrix[0, 0]:.1f} px, RMS {calib.rms_px:.3f} "
+                f"px; FOV {real_fov['horizontal']:.1f} x {real_fov['vertical']:.1f} deg vs the sim's wrist_cam "
+                f"{sim_fov['horizontal']:.1f} x {sim_fov['vertical']:.1f} deg (horizontal x vertical); covers "
+                f"{rect.coverage:.1%} of the sim's view")
+        warning = rect.border_warning()
+        if warning:
+            raise _Warn(f"{text}. {warning}")
+        return text
+
+    return _try(name, describe, "recalibrate with `so101-deploy calibrate-camera` or unset SO101_CAMERA_CALIBRATION")
+
+
 def _calibration(path: str) -> str:
     from so101_deploy.arm.calibration import Calibration  # noqa: PLC0415
 
@@ -148,7 +182,9 @@ def _policy(path: str) -> str:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--camera", help="a camera source to open (SO101_CAMERA syntax)")
+    p.add_argument("--camera", help="a camera source to open (SO101_CAMERA syntax); also reports its calibration")
+    p.add_argument("--camera-calibration", default=os.environ.get("SO101_CAMERA_CALIBRATION", ""),
+                   help="the camera calibration JSON (default: $SO101_CAMERA_CALIBRATION)")
     p.add_argument("--port", help="the servo bus serial port, e.g. /dev/ttyACM0")
     p.add_argument("--calibration", help="LeRobot calibration JSON of the follower arm")
     p.add_argument("--seg", help="segmentation checkpoint (best.ckpt)")
@@ -167,6 +203,8 @@ def checks(args: argparse.Namespace) -> list[Check]:
                     "apt-get install libosmesa6 and export MUJOCO_GL=osmesa (or MUJOCO_GL=egl on a GPU)"))
     if args.camera:
         out.append(_try("camera", lambda: _camera(args.camera)))
+    if args.camera or args.camera_calibration:
+        out.append(_camera_calibration(args.camera_calibration))
     if args.calibration:
         out.append(_try("calibration", lambda: _calibration(args.calibration)))
     if args.port:

@@ -9,7 +9,10 @@ the policy's eval action.  Written to ``--out``:
 - ``observation.npz``: ``rgb`` (3, 2, 84, 84) uint8 from the last three frames (oldest first; fewer
   frames are padded with the first, as at an episode start) and ``low_dim_state`` (3, 18) float32;
 - ``action.npy``: the action for the last frame (float32, 4 = cartesian, 6 = joint_delta);
-- ``summary.json``: the action, its space, the files and options used.
+- ``summary.json``: the action, its space, the files and options used;
+- ``remapped/``: with ``--camera-calibration`` (default ``$SO101_CAMERA_CALIBRATION``), each frame as seg
+  and depth saw it: undistorted and reprojected onto the sim's wrist_cam (the camera node's remap); the
+  frames must then have the calibrated size.
 
 ``--joints FILE``: JSON, one entry per frame, in frame order, either a list or ``{"frames": [...]}``;
 each entry ``{"positions_rad": [6 floats, JOINT_NAMES order, gripper as its joint angle],
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +47,8 @@ class JointSample:
     stamp_ns: int
 
 
-def read_frame(path: str | Path) -> np.ndarray:
-    """An image file as 640x480 BGR uint8, or a clear error."""
+def read_frame(path: str | Path, size: tuple[int, int] = (FRAME_HW[1], FRAME_HW[0])) -> np.ndarray:
+    """An image file as BGR uint8 of ``size`` (width, height; 640x480 unless calibrated), or a clear error."""
     import cv2
 
     path = Path(path)
@@ -53,7 +57,10 @@ def read_frame(path: str | Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise InferError(f"frame {path}: not an image OpenCV can read")
-    if img.shape[:2] != FRAME_HW:
+    if (img.shape[1], img.shape[0]) != tuple(size):
+        if tuple(size) != (FRAME_HW[1], FRAME_HW[0]):
+            raise InferError(f"frame {path}: {img.shape[1]}x{img.shape[0]}, expected {size[0]}x{size[1]} (the size "
+                             f"the --camera-calibration is for)")
         raise InferError(f"frame {path}: {img.shape[1]}x{img.shape[0]}, expected 640x480 (the wrist camera's "
                          f"frames; the observation's centre crop and field of view assume it)")
     return img
@@ -153,6 +160,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--joints", type=Path, help="JSON of per-frame joint positions (rad) and stamps; "
                                                     "default: the arm at rest at zero")
     parser.add_argument("--out", required=True, type=Path, help="folder for the outputs")
+    parser.add_argument("--camera-calibration", default=os.environ.get("SO101_CAMERA_CALIBRATION", ""),
+                        help="camera calibration JSON: remap the frames onto the sim's wrist_cam first, as the camera "
+                             "node does (default: $SO101_CAMERA_CALIBRATION; empty: frames used as they are)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="for all three models")
     parser.add_argument("--depth-input-size", type=int, default=518,
@@ -178,8 +188,27 @@ def run(args: argparse.Namespace) -> int:
     from so101_deploy.policy.observation import ObservationOptions
     from so101_deploy.policy.safe_load import TRUST_SHA256_ENV, CheckpointError, file_sha256
 
+    from so101_deploy.perception.camera_calibration import (NO_CALIBRATION_WARNING, CalibrationError,
+                                                            CameraCalibration, Rectifier)
+
+    rectifier = None
+    if args.camera_calibration:
+        from so101_deploy.sim.scene import wrist_camera_pinhole
+
+        try:
+            rectifier = Rectifier(CameraCalibration.load(args.camera_calibration), wrist_camera_pinhole())
+        except CalibrationError as e:
+            return _fail(f"--camera-calibration: {e}")
+        print(f"so101-deploy infer: {rectifier.describe()}", file=sys.stderr)
+        if rectifier.border_warning():
+            print(f"so101-deploy infer: warning: {rectifier.border_warning()}", file=sys.stderr)
+    else:
+        print(f"so101-deploy infer: warning: {NO_CALIBRATION_WARNING}", file=sys.stderr)
     try:
-        frames = [read_frame(p) for p in args.frames]
+        size = rectifier.input_size if rectifier else (FRAME_HW[1], FRAME_HW[0])
+        frames = [read_frame(p, size) for p in args.frames]
+        if rectifier is not None:
+            frames = [rectifier.apply(f) for f in frames]
         joints = read_joints(args.joints, len(frames)) if args.joints else at_rest(len(frames))
         options = ObservationOptions(args.disparity_interp, args.normalise, not args.no_remap)
     except InferError as e:
@@ -229,6 +258,17 @@ def run(args: argparse.Namespace) -> int:
                                 "remap": options.remap, "training_default": options.is_training_default},
         "class_pixels_last_frame": np.bincount(result["seg_masks"][-1].ravel(), minlength=6).tolist(),
     }
+    if rectifier is not None:
+        import cv2
+
+        remapped = args.out / "remapped"
+        remapped.mkdir(parents=True, exist_ok=True)
+        for i, (p, f) in enumerate(zip(args.frames, frames)):
+            cv2.imwrite(str(remapped / f"{i:03d}_{Path(p).stem}.png"), f)
+        summary["camera_calibration"] = {"file": str(args.camera_calibration), "coverage": rectifier.coverage,
+                                         "remapped_frames": str(remapped)}
+    else:
+        summary["camera_calibration"] = None
     paths = write_outputs(args.out, result, summary)
     labels = {"cartesian": "[dx, dy, dz, gripper]", "joint_delta": f"[{', '.join(JOINT_NAMES)}] deltas"}
     print(f"action ({result['action_space']} {labels.get(result['action_space'], '')}): "
