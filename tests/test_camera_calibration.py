@@ -322,3 +322,43 @@ def test_doctor_reports_the_calibration_against_the_sim(tmp_path):
     bad.write_text("[]")
     check = _camera_calibration(str(bad))
     assert check.status == "FAIL" and "not a camera calibration" in check.detail
+
+
+# --- the mounting-pose check ------------------------------------------------------------------------------
+
+def test_finger_overlay_tells_a_correct_mount_from_a_pitched_one(scene, tmp_path, capsys):
+    from so101_deploy.sim.finger_overlay import finger_agreement
+    from so101_deploy.sim.sim_arm import SimArm
+    from so101_deploy.tools.camera_proof import MISPOSE_JOINTS
+    from so101_deploy.tools.cli import main
+
+    model, sim = scene
+    truth = Rectifier(truth_calibration(), SIM)
+    sim.set_joint_positions(np.array(MISPOSE_JOINTS))
+    good = proof.render_state(model, sim.data, rgb=True)
+    iou = finger_agreement(truth.apply(good.real_seg, cv2.INTER_NEAREST), good.direct_seg)
+    assert min(iou.values()) > 0.95, iou
+    pitched_model = proof.proof_model(euler_offset_rad=(-0.134, 0.0, 0.0))  # another rig's measured offset
+    pitched_sim = SimArm(pitched_model)
+    try:
+        pitched_sim.set_joint_positions(np.array(MISPOSE_JOINTS))
+        bad = proof.render_state(pitched_model, pitched_sim.data)
+    finally:
+        pitched_sim.close()
+    iou_bad = finger_agreement(truth.apply(bad.real_seg, cv2.INTER_NEAREST), bad.direct_seg)
+    assert max(iou_bad.values()) < 0.6, iou_bad
+    # the command: the real camera's photo in, the side by side out
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), good.real_bgr)
+    cal = truth_calibration().save(tmp_path / "cal.json")
+    out = tmp_path / "overlay.png"
+    joints = ",".join(str(x) for x in MISPOSE_JOINTS)
+    assert main(["camera-overlay", "--photo", str(photo), "--joints", joints, "--camera-calibration", str(cal),
+                 "--out", str(out)]) == 0
+    side = cv2.imread(str(out))
+    assert side.shape == (480, 1280, 3)
+    # the right half is the sim's render at those angles (outlines drawn on it): mostly equal pixels
+    assert (np.abs(side[60:, 640:].astype(int) - good.direct_bgr[60:].astype(int)).max(axis=2) < 3).mean() > 0.9
+    assert "wrote" in capsys.readouterr().out
+    assert main(["camera-overlay", "--photo", str(photo), "--joints", "0,0,0", "--out", str(out)]) == 2
+    assert "expected 6 comma-separated angles" in capsys.readouterr().err

@@ -147,3 +147,40 @@ def test_malicious_policy_is_refused(fx, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "refused" in err and "--trust-checkpoint" in err
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_infer_remaps_frames_with_a_camera_calibration(fx, tmp_path, capsys):
+    from so101_deploy.perception.camera_calibration import CameraCalibration, PinholeCamera, Rectifier
+    from so101_deploy.sim.camera_proof import REAL_CAMERA
+
+    lens = REAL_CAMERA  # a wider, distorted camera than the sim's wrist_cam
+    cal = CameraCalibration(640, 480, lens.matrix, lens.dist, 0.2).save(tmp_path / "cal.json")
+    out = tmp_path / "out"
+    rc = infer(fx, out, "--policy", str(fx["paths"]["policy_snapshot"]), "--frames", *fx["frames"],
+               "--camera-calibration", str(cal))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "covers 100.0% of the sim's view" in err and "is not set" not in err
+    rect = Rectifier(CameraCalibration.load(cal), PinholeCamera.from_fovy(70.5, 640, 480))
+    remapped = sorted((out / "remapped").glob("*.png"))
+    assert len(remapped) == 3
+    for path, frame in zip(remapped, fx["frames"]):
+        np.testing.assert_array_equal(cv2.imread(str(path)), rect.apply(cv2.imread(frame)))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["camera_calibration"]["coverage"] == 1.0
+    # without one: the frames as they are, with the warning (said before anything is read)
+    rc = infer(fx, tmp_path / "plain", "--policy", str(fx["paths"]["policy_snapshot"]), "--frames",
+               str(tmp_path / "missing.png"), "--camera-calibration", "")
+    err = capsys.readouterr().err
+    assert rc == 2 and "warning: SO101_CAMERA_CALIBRATION is not set: frames pass through unchanged" in err
+    # frames of another size than the calibration's are refused
+    rc = infer(fx, tmp_path / "hd", "--policy", str(fx["paths"]["policy_snapshot"]), "--frames", fx["frames"][0],
+               "--camera-calibration",
+               str(CameraCalibration(1280, 720, lens.matrix, lens.dist, 0.2).save(tmp_path / "hd.json")))
+    assert rc == 2 and "640x480, expected 1280x720 (the size the --camera-calibration is for)" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    rc = infer(fx, tmp_path / "bad", "--policy", str(fx["paths"]["policy_snapshot"]), "--frames", fx["frames"][0],
+               "--camera-calibration", str(bad))
+    assert rc == 2 and "--camera-calibration: camera calibration" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -163,15 +163,16 @@ def calibrate_from_renders(board: Board = Board(cols=9, rows=6, square_m=0.02),
 # --- the comparison in the pick-101 scene ------------------------------------------------------------
 
 
-def proof_model() -> mujoco.MjModel:
-    """The training scene plus ``wide_cam``: ``wrist_cam``'s pose, the wide source field of view."""
+def proof_model(pos_offset_m=(0.0, 0.0, 0.0), euler_offset_rad=(0.0, 0.0, 0.0)) -> mujoco.MjModel:
+    """The training scene plus ``wide_cam``: ``wrist_cam``'s pose (plus the offsets: a camera mounted
+    elsewhere), the wide source field of view."""
     spec = sim_scene.build_spec()
     spec.visual.global_.offwidth, spec.visual.global_.offheight = SOURCE.width, SOURCE.height
     cam = spec.body(sim_scene.CAMERA_BODY).add_camera()
     cam.name = WIDE_CAMERA
-    cam.pos = list(sim_scene.CAMERA_POS_M)
+    cam.pos = list(np.add(sim_scene.CAMERA_POS_M, pos_offset_m))
     cam.alt.type = mujoco.mjtOrientation.mjORIENTATION_EULER
-    cam.alt.euler = list(sim_scene.CAMERA_EULER_RAD)
+    cam.alt.euler = list(np.add(sim_scene.CAMERA_EULER_RAD, euler_offset_rad))
     cam.fovy = SOURCE_FOVY_DEG
     return spec.compile()
 
