@@ -362,3 +362,31 @@ def test_finger_overlay_tells_a_correct_mount_from_a_pitched_one(scene, tmp_path
     assert "wrote" in capsys.readouterr().out
     assert main(["camera-overlay", "--photo", str(photo), "--joints", "0,0,0", "--out", str(out)]) == 2
     assert "expected 6 comma-separated angles" in capsys.readouterr().err
+
+
+# --- the camera node in a running dataflow ------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_replay_flow_sends_remapped_frames(repo_root, venv_bin, tmp_path):
+    from conftest import recorded_count
+
+    from so101_deploy.core.dataflow import run_dataflow
+    from so101_deploy.core.recording import read_recording
+    from so101_deploy.sim.synthetic import write_image_folder
+
+    frames = write_image_folder(tmp_path / "frames", frames=4, seed=3)
+    cal = truth_calibration().save(tmp_path / "cal.json")
+    record_dir = tmp_path / "recording"
+    env = {"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", "SO101_REPLAY_VIDEO": str(tmp_path / "frames"),
+           "SO101_REPLAY_RECORD_DIR": str(record_dir), "SO101_REPLAY_MAX_FRAMES": "0",
+           "SO101_REPLAY_CAMERA_CALIBRATION": str(cal)}
+    result = run_dataflow(repo_root / "dataflow.replay.yml", 120, extra_env=env, grace_s=60,
+                          until=lambda log: recorded_count(record_dir / "image.arrow") >= 6)
+    assert result.returncode == 0 and result.condition_met, result.log[-3000:]
+    assert "[camera] info: remapping 640x480 frames (fx 260.0 px" in result.log
+    assert "covers 100.0% of the sim's view" in result.log and "is not set" not in result.log
+    rect = Rectifier(truth_calibration(), SIM)
+    want = [rect.apply(cv2.imread(str(f))) for f in frames]
+    messages = read_recording(record_dir)["image"]
+    for i, m in enumerate(messages):  # the folder in order, looping, every frame remapped
+        np.testing.assert_array_equal(m.data, want[i % len(want)])
