@@ -136,6 +136,10 @@ def test_calibration_is_refused_with_the_reason():
     flat = [(np.diag([1.0, -1.0, -1.0]), t) for _, t in poses[4:]]
     with pytest.raises(CalibrationError, match="only 0 of 8 views show the board tilted by 15 deg or more, need 3"):
         calibrate(projected_views(flat), (640, 480), BOARD)
+    # corners blurred by 0.5 px: the RMS error (~0.7 px) passes, but fx comes out ~3 % off; OpenCV's own
+    # uncertainty of fx (+-1.3 %) says so
+    with pytest.raises(CalibrationError, match=r"focal length is poorly constrained \(fx \d+\.\d px \+- 1\.\d%"):
+        calibrate(projected_views(poses, noise_px=0.5), (640, 480), BOARD)
     with pytest.raises(CalibrationError, match="view 0: 3 corners, expected 54"):
         calibrate([np.zeros((3, 1, 2), np.float32)] * 8, (640, 480), BOARD)
     with pytest.raises(CalibrationError, match="different"):

@@ -329,8 +329,9 @@ def calibrate(corner_sets: Sequence[np.ndarray], size: tuple[int, int], board: B
     focal_std = float(max(std[0, 0] / k[0, 0], std[1, 0] / k[1, 1]))
     if not math.isfinite(focal_std) or focal_std > MAX_FOCAL_STD:
         raise CalibrationError(f"the focal length is poorly constrained (fx {k[0, 0]:.1f} px +- {focal_std:.1%}, "
-                               f"bound {MAX_FOCAL_STD:.0%}): the views are too alike; add views with the board "
-                               f"tilted 20-40 deg towards each side")
+                               f"bound {MAX_FOCAL_STD:.0%}): the views do not pin it down (too few, too alike or "
+                               f"blurred corners); add sharp views with the board tilted 20-40 deg to each side "
+                               f"and near the image corners")
     return calib
 
 
