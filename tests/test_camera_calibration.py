@@ -332,7 +332,6 @@ def test_doctor_reports_the_calibration_against_the_sim(tmp_path):
 
 def test_finger_overlay_tells_a_correct_mount_from_a_pitched_one(scene, tmp_path, capsys):
     from so101_deploy.sim.finger_overlay import finger_agreement
-    from so101_deploy.sim.sim_arm import SimArm
     from so101_deploy.tools.camera_proof import MISPOSE_JOINTS
     from so101_deploy.tools.cli import main
 
@@ -342,13 +341,11 @@ def test_finger_overlay_tells_a_correct_mount_from_a_pitched_one(scene, tmp_path
     good = proof.render_state(model, sim.data, rgb=True)
     iou = finger_agreement(truth.apply(good.real_seg, cv2.INTER_NEAREST), good.direct_seg)
     assert min(iou.values()) > 0.95, iou
-    pitched_model = proof.proof_model(euler_offset_rad=(-0.134, 0.0, 0.0))  # another rig's measured offset
-    pitched_sim = SimArm(pitched_model)
+    proof.set_wide_mount(model, sim.data, -0.134)  # pitched by another rig's measured euler offset
     try:
-        pitched_sim.set_joint_positions(np.array(MISPOSE_JOINTS))
-        bad = proof.render_state(pitched_model, pitched_sim.data)
+        bad = proof.render_state(model, sim.data)
     finally:
-        pitched_sim.close()
+        proof.set_wide_mount(model, sim.data)
     iou_bad = finger_agreement(truth.apply(bad.real_seg, cv2.INTER_NEAREST), bad.direct_seg)
     assert max(iou_bad.values()) < 0.6, iou_bad
     # the command: the real camera's photo in, the side by side out
@@ -394,3 +391,28 @@ def test_replay_flow_sends_remapped_frames(repo_root, venv_bin, tmp_path):
     messages = read_recording(record_dir)["image"]
     for i, m in enumerate(messages):  # the folder in order, looping, every frame remapped
         np.testing.assert_array_equal(m.data, want[i % len(want)])
+
+
+def test_camera_check_saves_the_remapped_frame(image_folder, tmp_path, capsys):
+    from so101_deploy.tools.cli import main
+
+    cal = truth_calibration().save(tmp_path / "cal.json")
+    saved = tmp_path / "first.png"
+    assert main(["camera-check", str(image_folder), "--frames", "2", "--fps", "200", "--save", str(saved),
+                 "--camera-calibration", str(cal)]) == 0
+    assert "covers 100.0% of the sim's view" in capsys.readouterr().out
+    raw = cv2.imread(str(sorted(image_folder.iterdir())[0]))
+    np.testing.assert_array_equal(cv2.imread(str(saved)), Rectifier(truth_calibration(), SIM).apply(raw))
+
+
+def test_show_without_a_gui_is_one_clear_error(image_folder, tmp_path, capsys):
+    try:  # this test is about machines without a GUI (CI, the headless OpenCV the project installs)
+        cv2.namedWindow("probe")
+        cv2.destroyAllWindows()
+        pytest.skip("this OpenCV has a GUI and a display")
+    except cv2.error:
+        pass
+    from so101_deploy.tools.cli import main
+
+    assert main(["calibrate-camera", "--camera", str(image_folder), "--show", "--out", str(tmp_path / "c.json")]) == 2
+    assert "--show needs OpenCV with GUI support" in capsys.readouterr().err

@@ -244,6 +244,9 @@ class Camera:
         self._next_attempt = 0.0
         self._next_due: float | None = None
         self._pending: np.ndarray | None = None
+        if rectifier is not None and resize:
+            self.log("warning", "SO101_CAMERA_RESIZE is ignored with a camera calibration: frames must have the "
+                                "calibrated size, and the remap makes them 640x480")
         if rectifier is not None and rectifier.output_size != (FRAME_WIDTH, FRAME_HEIGHT):
             raise CameraError(f"camera calibration remaps to {rectifier.output_size[0]}x{rectifier.output_size[1]}; "
                               f"the pipeline needs {FRAME_WIDTH}x{FRAME_HEIGHT} (the sim's wrist_cam)")

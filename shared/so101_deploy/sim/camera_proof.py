@@ -163,18 +163,29 @@ def calibrate_from_renders(board: Board = Board(cols=9, rows=6, square_m=0.02),
 # --- the comparison in the pick-101 scene ------------------------------------------------------------
 
 
-def proof_model(pos_offset_m=(0.0, 0.0, 0.0), euler_offset_rad=(0.0, 0.0, 0.0)) -> mujoco.MjModel:
-    """The training scene plus ``wide_cam``: ``wrist_cam``'s pose (plus the offsets: a camera mounted
-    elsewhere), the wide source field of view."""
+def proof_model() -> mujoco.MjModel:
+    """The training scene plus ``wide_cam``: ``wrist_cam``'s pose, the wide source field of view."""
     spec = sim_scene.build_spec()
     spec.visual.global_.offwidth, spec.visual.global_.offheight = SOURCE.width, SOURCE.height
     cam = spec.body(sim_scene.CAMERA_BODY).add_camera()
     cam.name = WIDE_CAMERA
-    cam.pos = list(np.add(sim_scene.CAMERA_POS_M, pos_offset_m))
+    cam.pos = list(sim_scene.CAMERA_POS_M)
     cam.alt.type = mujoco.mjtOrientation.mjORIENTATION_EULER
-    cam.alt.euler = list(np.add(sim_scene.CAMERA_EULER_RAD, euler_offset_rad))
+    cam.alt.euler = list(sim_scene.CAMERA_EULER_RAD)
     cam.fovy = SOURCE_FOVY_DEG
     return spec.compile()
+
+
+def set_wide_mount(model: mujoco.MjModel, data: mujoco.MjData, pitch_rad: float = 0.0) -> None:
+    """Mount the "real" camera as ``wrist_cam`` is, turned by ``pitch_rad`` about the gripper body's x axis
+    (the axis of the MJCF camera's euler pitch): a camera mounted at another angle.  0 restores it."""
+    wrist, wide = model.camera(sim_scene.CAMERA_NAME).id, model.camera(WIDE_CAMERA).id
+    turn = np.array([math.cos(pitch_rad / 2), math.sin(pitch_rad / 2), 0.0, 0.0])
+    quat = np.zeros(4)
+    mujoco.mju_mulQuat(quat, turn, model.cam_quat[wrist])
+    model.cam_quat[wide] = quat
+    model.cam_pos[wide] = model.cam_pos[wrist]
+    mujoco.mj_forward(model, data)  # the camera's world pose follows
 
 
 @dataclass

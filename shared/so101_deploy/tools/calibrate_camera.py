@@ -102,6 +102,13 @@ def from_camera(args, board: Board) -> tuple[list[np.ndarray], tuple[int, int], 
     coverage = None
     size = None
     window = "so101-deploy calibrate-camera" if args.show else None
+    if window:
+        try:
+            cv2.namedWindow(window)
+        except cv2.error:
+            cam.close()
+            raise CalibrationError("--show needs OpenCV with GUI support (opencv-python, not -headless) and a "
+                                   "display; without --show the terminal prints the same coverage grid") from None
     deadline = time.monotonic() + args.timeout_s
     last_kept = -1e9
     if args.save_views:

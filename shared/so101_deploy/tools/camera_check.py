@@ -28,6 +28,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", action="store_true", help="resize other sizes to 640x480 (INTER_AREA)")
     parser.add_argument("--timeout-s", type=float, default=10.0, help="give up after this long (default 10)")
     parser.add_argument("--save", type=Path, help="write the first frame to this image file")
+    parser.add_argument("--camera-calibration", default=os.environ.get("SO101_CAMERA_CALIBRATION", ""),
+                        help="camera calibration JSON: frames are remapped onto the sim's wrist_cam as the camera "
+                             "node does, and --save writes the remapped frame (default: $SO101_CAMERA_CALIBRATION)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,8 +41,22 @@ def run(args: argparse.Namespace) -> int:
     def log(level: str, message: str) -> None:
         print(f"  [{level}] {message}")
 
+    rectifier = None
+    if args.camera_calibration:
+        from so101_deploy.perception.camera_calibration import CalibrationError, CameraCalibration, Rectifier
+        from so101_deploy.sim.scene import wrist_camera_pinhole
+
+        try:
+            rectifier = Rectifier(CameraCalibration.load(args.camera_calibration), wrist_camera_pinhole())
+        except CalibrationError as e:
+            print(f"camera-check: error: {e}")
+            return 2
+        log("info", rectifier.describe())
+        if rectifier.border_warning():
+            log("warning", rectifier.border_warning())
     try:
-        cam = Camera(args.source, fps=args.fps, loop=False, resize=args.resize, max_frames=args.frames, log=log)
+        cam = Camera(args.source, fps=args.fps, loop=False, resize=args.resize, max_frames=args.frames, log=log,
+                     rectifier=rectifier)
         print(f"source: {cam.source.describe()} ({cam.source.kind})")
         cam.open()
     except CameraError as e:

@@ -58,17 +58,16 @@ def run(args: argparse.Namespace) -> int:
                             np.hstack([frames.real_bgr, rect.apply(frames.real_bgr), frames.direct_bgr]))
         mounts = {}
         truth = Rectifier(CameraCalibration(lens.width, lens.height, lens.matrix, lens.dist, 0.0), sim_cam)
+        sim.set_joint_positions(np.array(MISPOSE_JOINTS))
         for name, pitch in (("as in the MJCF", 0.0), (f"pitched {args.mispose_deg:g} deg", args.mispose_deg)):
-            m = proof.proof_model(euler_offset_rad=(-math.radians(pitch), 0.0, 0.0)) if pitch else model
-            s = SimArm(m) if pitch else sim
-            s.set_joint_positions(np.array(MISPOSE_JOINTS))
-            frames = proof.render_state(m, s.data, lens, rgb=bool(pitch))
+            proof.set_wide_mount(model, sim.data, -math.radians(pitch))
+            frames = proof.render_state(model, sim.data, lens, rgb=bool(pitch))
             mounts[name] = finger_agreement(truth.apply(frames.real_seg, cv2.INTER_NEAREST), frames.direct_seg)
             if pitch:
                 cv2.imwrite(str(args.out / "camera_overlay_mispose.png"),
                             finger_overlay(truth.apply(frames.real_bgr), frames.direct_bgr, frames.direct_seg))
-                s.close()
     finally:
+        proof.set_wide_mount(model, sim.data)
         sim.close()
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "seed"}
     worst = {k: float(np.min([r[k] for r in rows])) for k in rows[0] if k != "seed"}
