@@ -256,7 +256,8 @@ def test_sim_wrist_camera_is_read_from_the_mjcf(scene):
     from so101_deploy.sim.scene import wrist_camera_pinhole
 
     model, _ = scene
-    assert wrist_camera_pinhole(model) == SIM
+    assert wrist_camera_pinhole(model) == SIM  # the compiled scene
+    assert wrist_camera_pinhole() == SIM  # its spec, uncompiled (the camera node's light start)
     model.cam_fovy[model.camera("wrist_cam").id] = 60.0  # a changed MJCF changes the target
     try:
         assert wrist_camera_pinhole(model).fov_deg()["vertical"] == pytest.approx(60.0)

@@ -358,14 +358,21 @@ class Rectifier:
     def __init__(self, calibration: CameraCalibration, target: PinholeCamera):
         self.calibration = calibration
         self.target = target
-        u, v = np.meshgrid(np.arange(target.width, dtype=np.float64), np.arange(target.height, dtype=np.float64))
-        x = (u - target.cx) / target.fx
-        y = (v - target.cy) / target.fy
-        rays = np.stack([x.ravel(), y.ravel(), np.ones(x.size)], axis=1)
-        img, _ = cv2.projectPoints(rays, np.zeros(3), np.zeros(3), calibration.camera_matrix, calibration.dist_coeffs)
-        img = img.reshape(target.height, target.width, 2)
         w, h = calibration.size
         limit = _radial_limit(calibration.dist_coeffs)
+        img = np.empty((target.height, target.width, 2), np.float64)
+        u = np.arange(target.width, dtype=np.float64)
+        x_row = (u - target.cx) / target.fx
+        rows = 40  # a band of rows at a time keeps the start-up memory small
+        for v0 in range(0, target.height, rows):
+            v = np.arange(v0, min(v0 + rows, target.height), dtype=np.float64)
+            y = np.repeat((v - target.cy) / target.fy, target.width)
+            x = np.tile(x_row, len(v))
+            pts, _ = cv2.projectPoints(np.stack([x, y, np.ones_like(x)], axis=1), np.zeros(3), np.zeros(3),
+                                       calibration.camera_matrix, calibration.dist_coeffs)
+            img[v0:v0 + len(v)] = pts.reshape(len(v), target.width, 2)
+        x = ((np.arange(target.width) - target.cx) / target.fx)[None, :]
+        y = ((np.arange(target.height) - target.cy) / target.fy)[:, None]
         valid = ((np.hypot(x, y) < limit) & np.isfinite(img).all(axis=2)
                  & (img[..., 0] >= -0.5) & (img[..., 0] <= w - 0.5) & (img[..., 1] >= -0.5) & (img[..., 1] <= h - 0.5))
         map_x = np.where(valid, img[..., 0], -1.0).astype(np.float32)

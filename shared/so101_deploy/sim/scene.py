@@ -204,12 +204,18 @@ def build_model(mjcf_path: str | Path | None = None, gripperframe: str | None = 
 
 def wrist_camera_pinhole(model: mujoco.MjModel | None = None):
     """The sim's ``wrist_cam`` as a distortion-free pinhole camera at the resolution the simulator renders
-    (640x480): its fovy is read from the compiled MJCF scene (``model``, else :func:`build_model`)."""
+    (640x480), its fovy read from the compiled ``model``, or else from the scene's spec without compiling
+    it (no mesh loading: ~0.02 s and ~30 MB instead of ~2 s and ~230 MB, what the camera node needs)."""
     from so101_deploy.perception.camera_calibration import PinholeCamera  # noqa: PLC0415
 
-    model = build_model() if model is None else model
-    try:
-        cam = model.camera(CAMERA_NAME)
-    except KeyError:
-        raise ValueError(f"the scene has no camera {CAMERA_NAME!r} (expected the pick-101 wrist camera)") from None
-    return PinholeCamera.from_fovy(float(model.cam_fovy[cam.id]), IMAGE_WIDTH, IMAGE_HEIGHT)
+    if model is not None:
+        try:
+            fovy = float(model.cam_fovy[model.camera(CAMERA_NAME).id])
+        except KeyError:
+            raise ValueError(f"the scene has no camera {CAMERA_NAME!r} (expected the pick-101 wrist camera)") from None
+    else:
+        cam = build_spec().camera(CAMERA_NAME)
+        if cam is None:
+            raise ValueError(f"the scene has no camera {CAMERA_NAME!r} (expected the pick-101 wrist camera)")
+        fovy = float(cam.fovy)
+    return PinholeCamera.from_fovy(fovy, IMAGE_WIDTH, IMAGE_HEIGHT)
