@@ -242,8 +242,6 @@ def rendered_views(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scene():
-    import mujoco
-
     from so101_deploy.sim.sim_arm import SimArm
 
     model = proof.proof_model()
