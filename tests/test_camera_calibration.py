@@ -327,6 +327,17 @@ def test_doctor_reports_the_calibration_against_the_sim(tmp_path):
     assert check.status == "FAIL" and "not a camera calibration" in check.detail
 
 
+
+def test_doctor_opens_the_camera_as_the_calibrated_node_would(tmp_path, image_folder):
+    from so101_deploy.tools.doctor import _camera
+
+    good = truth_calibration().save(tmp_path / "good.json")
+    assert _camera(str(image_folder), str(good)).endswith("got a 640x480 frame, remapped to 640x480")
+    hd = CameraCalibration(1280, 720, np.array([[500.0, 0, 640], [0, 500.0, 360], [0, 0, 1]]), np.zeros(5), 0.1)
+    with pytest.raises(CameraError, match="delivers 640x480 frames; the camera calibration .* is for 1280x720"):
+        _camera(str(image_folder), str(hd.save(tmp_path / "hd.json")))
+
+
 # --- the mounting-pose check ------------------------------------------------------------------------------
 
 def test_finger_overlay_tells_a_correct_mount_from_a_pitched_one(scene, tmp_path, capsys):

@@ -86,12 +86,22 @@ def _mujoco_render() -> str:
     return f"offscreen render {img.shape} through {gl_context.GLContext.__module__}"
 
 
-def _camera(src: str, timeout_s: float = 5.0) -> str:
+def _camera(src: str, calibration: str | None = None, timeout_s: float = 5.0) -> str:
     import time  # noqa: PLC0415
 
     from so101_deploy.perception.camera import Camera  # noqa: PLC0415
+    from so101_deploy.perception.camera_calibration import (CalibrationError, CameraCalibration,  # noqa: PLC0415
+                                                            Rectifier)
 
-    cam = Camera(src, loop=False, max_frames=1, log=lambda level, msg: None)
+    rectifier = None
+    if calibration:  # frames as the camera node makes them: the calibrated size, remapped
+        from so101_deploy.sim.scene import wrist_camera_pinhole  # noqa: PLC0415
+
+        try:
+            rectifier = Rectifier(CameraCalibration.load(calibration), wrist_camera_pinhole())
+        except CalibrationError:
+            pass  # the "camera calibration" check reports it
+    cam = Camera(src, loop=False, max_frames=1, log=lambda level, msg: None, rectifier=rectifier)
     cam.open()
     try:
         deadline = time.monotonic() + timeout_s
@@ -99,6 +109,9 @@ def _camera(src: str, timeout_s: float = 5.0) -> str:
             frame = cam.poll()
             if frame is not None:
                 h, w = frame.image_bgr.shape[:2]
+                if rectifier is not None:
+                    iw, ih = rectifier.input_size
+                    return f"{cam.source.describe()}: got a {iw}x{ih} frame, remapped to {w}x{h}"
                 return f"{cam.source.describe()}: got a {w}x{h} frame"
             time.sleep(0.01)
     finally:
@@ -202,7 +215,7 @@ def checks(args: argparse.Namespace) -> list[Check]:
     out.append(_try("mujoco rendering", _mujoco_render,
                     "apt-get install libosmesa6 and export MUJOCO_GL=osmesa (or MUJOCO_GL=egl on a GPU)"))
     if args.camera:
-        out.append(_try("camera", lambda: _camera(args.camera)))
+        out.append(_try("camera", lambda: _camera(args.camera, args.camera_calibration)))
     if args.camera or args.camera_calibration:
         out.append(_camera_calibration(args.camera_calibration))
     if args.calibration:
