@@ -33,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from so101_deploy.core.dataflow import DataflowError, add_flows_argument, flow_file, node_script, prepare, run_dataflow
+from so101_deploy.core.dataflow import (DataflowError, SessionMemory, add_flows_argument, flow_file, node_script,
+                                        prepare, run_dataflow)
 from so101_deploy.tools.perception_bench import time_call
 
 CAMERA_FPS = 30.0  # dataflow.yml's SO101_CAMERA_FPS; the generated video plays at this rate
+HANDOFF_DEPTH_SIZE = 518  # Depth Anything V2's own input size, as the hand-off runs it
 
 
 def _frames(n: int = 8) -> list[np.ndarray]:
@@ -194,13 +196,17 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
             "servo": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(calibration)},
             "estop": {"SO101_ESTOP_FILE": str(out_dir / "so101.estop")},  # never a stray /tmp file
         }
+        # joint_state: the servo's write of each goal (the end of a frame's timeline); only the newest matters
         monitor = {"id": "monitor", "path": str(monitor_script),
                    "env": {"SO101_MONITOR_DIR": str(out_dir / "monitor")},
-                   "inputs": {"goal": "controller/goal", "action": "policy/action"}}
+                   "inputs": {"goal": "controller/goal", "action": "policy/action",
+                              "joint_state": {"source": "servo/joint_state", "queue_size": 1}}}
         flow = prepare(src, out_dir / "dataflow.bench.yml", env=env, extra_nodes=[monitor])
         until = (lambda log: _torque_enabled(bus_log)) if until_torque_s is not None else None
+        memory = SessionMemory()
+        launched_unix_s = time.time()
         res = run_dataflow(flow, seconds, log_path=out_dir / "dora.log", grace_s=120, until=until,
-                           linger_s=until_torque_s or 0.0)
+                           linger_s=until_torque_s or 0.0, memory=memory)
     finally:
         os.killpg(bus.pid, signal.SIGTERM)
         bus.wait(timeout=10)
@@ -211,8 +217,19 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
     # a goal carries the frame id of the camera frame it was computed from; count new frames only
     # control rate = how often a goal computed from a NEW camera frame reaches the arm (held or
     # repeated goals between frames do not count); measured from the first to the last such goal
+    first = rep.get("first_goal_unix_s")
+    peak = memory.stop()
+    model_nodes = {"seg", "depth", "policy"}
     return {"returncode": res.returncode, "seconds": seconds, "report": rep,
-            "control_rate_hz": round(rep["new_frame_goal_rate_hz"], 3)}
+            "control_rate_hz": round(rep["new_frame_goal_rate_hz"], 3),
+            "depth_size": depth_size,
+            # dora run -> the first goal reaching the monitor (model loading, ONNX sessions, first frames)
+            "startup_s": round(first - launched_unix_s, 2) if first is not None else None,
+            "peak_rss_mb": peak,
+            "peak_rss_mb_total": round(sum(v for k, v in peak.items() if k != "monitor"), 1),
+            "peak_rss_mb_max_lean": max((v for k, v in peak.items() if k not in model_nodes | {"monitor"}),
+                                        default=None),
+            "timeline_ms": rep.get("timeline_ms") or {}}
 
 
 def _torque_enabled(bus_log: Path) -> bool:
@@ -235,7 +252,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth-backend", choices=("torch", "onnx"), default=None)
     p.add_argument("--depth-size", type=int, default=None, help="depth input size in the graph (default: 266 on "
                                                                     "CPU, 518 on CUDA)")
-    p.add_argument("--skip", action="append", default=[], choices=("stages", "handoff", "graph"))
+    p.add_argument("--skip", action="append", default=[], choices=("stages", "handoff", "graph", "same-size"),
+                   help="same-size: the second graph run at the hand-off's depth size 518 (CPU only)")
     add_flows_argument(p)
 
 
@@ -276,8 +294,15 @@ def run(args: argparse.Namespace) -> int:
         result["graph"] = bench_graph(models, args.device, args.seconds, out / "graph", seg_backend,
                                       depth_backend, depth_size, flows=args.flows)
         print(f"[bench] graph: {result['graph']['control_rate_hz']} Hz", flush=True)
-    if "handoff" in result and "graph" in result and result["handoff"]["rate_hz"] > 0:
-        result["speedup_vs_handoff"] = round(result["graph"]["control_rate_hz"] / result["handoff"]["rate_hz"], 2)
+        if depth_size != HANDOFF_DEPTH_SIZE and "same-size" not in args.skip:
+            # the same graph at the hand-off's own depth size: the speed-up that is not the smaller input
+            print(f"[bench] dataflow.yml with depth at {HANDOFF_DEPTH_SIZE} for {args.seconds:.0f} s ...", flush=True)
+            result["graph_same_size"] = bench_graph(models, args.device, args.seconds, out / "graph_518", seg_backend,
+                                                    depth_backend, HANDOFF_DEPTH_SIZE, flows=args.flows)
+    if "handoff" in result and result["handoff"]["rate_hz"] > 0:
+        for key, ratio in (("graph", "speedup_vs_handoff"), ("graph_same_size", "speedup_same_size_vs_handoff")):
+            if key in result:
+                result[ratio] = round(result[key]["control_rate_hz"] / result["handoff"]["rate_hz"], 2)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     (out / "bench.md").write_text(render_markdown(result))
     print(render_markdown(result))
@@ -314,10 +339,32 @@ def render_markdown(r: dict[str, Any]) -> str:
                      f"{gs['depth_size']}): **{g['control_rate_hz']} Hz** of goals from new camera frames; "
                      f"capture-to-goal latency p50 {lat.get('p50', float('nan')):.0f} ms, p90 "
                      f"{lat.get('p90', float('nan')):.0f} ms")
+    if "graph_same_size" in r:
+        g = r["graph_same_size"]
+        lat = g["report"].get("new_frame_latency_ms") or {}
+        lines.append(f"- the same graph with depth at {g['depth_size']} (the hand-off's size): **{g['control_rate_hz']} Hz**; "
+                     f"capture-to-goal p50 {lat.get('p50', float('nan')):.0f} ms, p90 {lat.get('p90', float('nan')):.0f} ms; "
+                     f"**{r.get('speedup_same_size_vs_handoff', 'n/a')}x** the hand-off pipeline")
     if "speedup_vs_handoff" in r:
         note = ""
         if "graph" in r and r["graph"]["control_rate_hz"] >= 0.9 * CAMERA_FPS:
             note = (f" (the graph runs at the camera's {CAMERA_FPS:.0f} fps, its ceiling; the hand-off loop "
                     f"was timed in-process without a camera)")
         lines.append(f"- speed-up over the hand-off pipeline: **{r['speedup_vs_handoff']}x**{note}")
+    for key in ("graph", "graph_same_size"):
+        if key in r:
+            lines += graph_details(r[key])
     return "\n".join(lines) + "\n"
+
+
+def graph_details(g: dict[str, Any]) -> list[str]:
+    """Start-up, memory per node and the timeline of one frame, for one graph run."""
+    from so101_deploy.tools.monitor import timeline_table  # noqa: PLC0415
+
+    lines = ["", f"### Graph run, depth at {g['depth_size']}", "",
+             f"- start-up, `dora run` -> first goal: {g['startup_s']} s",
+             f"- peak resident memory: {g['peak_rss_mb_total']} MB for the graph (monitor excluded); largest node "
+             f"without a model: {g['peak_rss_mb_max_lean']} MB", "",
+             "| node | peak RSS MB |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in g["peak_rss_mb"].items()]
+    return lines + timeline_table(g.get("timeline_ms") or {})
