@@ -82,7 +82,7 @@ def test_the_monitor_reports_the_timeline_up_to_the_servo_write(tmp_path):
         mon.on_joint_state(decode("joint_state", *encode("joint_state", np.zeros((2, 6)), frame_id=fid, stamp_ns=cap,
                                                          goal_frame_id=fid, t_servo_write_ns=cap + 233 * ms)))
     line = mon.report()["timeline_ms"]
-    assert list(line) == ["camera_out", "seg_out", "depth_out", "controller_out", "monitor_goal_in", "servo_write"]
+    assert list(line) == ["camera_out", "seg_out", "depth_out", "controller_out", "servo_write"]
     assert line["depth_out"]["p50"] == 220.0 and line["servo_write"]["p50"] == 233.0
     assert line["servo_write"]["n"] == 7  # the first 3 frames are warm-up
     md = render_markdown(mon.close())

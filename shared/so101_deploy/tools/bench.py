@@ -191,6 +191,7 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
                       "SO101_DEPTH_INPUT_SIZE": str(depth_size), "SO101_DEPTH_FP16": str(device == "cuda").lower(),
                       "SO101_DEVICE": device, "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"), **depth_threads},
             "policy": {"SO101_POLICY_CHECKPOINT": str(models["policy"]), "SO101_DEVICE": device,
+                       "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"),
                        "SO101_POLICY_BACKEND": "onnx" if device == "cpu" else "torch"},
             "controller": {"SO101_CALIBRATION": str(calibration)},
             "servo": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(calibration)},

@@ -152,7 +152,6 @@ class Monitor:
             self.new_frame_latencies_ms.append((now_ns - msg.stamp_ns) / 1e6)
             self._max_goal_frame = msg.frame_id
             line = {k[len(trace.PREFIX):-3]: (v - msg.stamp_ns) / 1e6 for k, v in trace.stamps(msg.meta).items()}
-            line["monitor_goal_in"] = (now_ns - msg.stamp_ns) / 1e6
             self.timelines[msg.frame_id] = {**line, "_capture_ns": msg.stamp_ns}
             while len(self.timelines) > self.keep_timelines:
                 self.timelines.popitem(last=False)
