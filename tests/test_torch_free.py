@@ -108,3 +108,15 @@ def test_the_torch_backend_never_uses_a_manifest(tmp_path, fixture_weights):
     seg_model_from_settings(Settings("seg", SEG_SETTINGS, env))
     torch_model = seg_model_from_settings(Settings("seg", SEG_SETTINGS, {**env, "SO101_SEG_BACKEND": "torch"}))
     assert torch_model.module is not None and torch_model.session is None
+
+
+def test_ort_spin_setting_reaches_the_sessions(tmp_path, fixture_weights):
+    from so101_deploy.perception import onnx_backend
+
+    env = {**_env(fixture_weights, tmp_path / "onnx")["seg"], "SO101_ORT_SPIN": "false"}
+    try:
+        seg = seg_model_from_settings(Settings("seg", SEG_SETTINGS, env))
+        options = seg.session.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    finally:
+        onnx_backend.SESSION_DEFAULTS["spinning"] = True

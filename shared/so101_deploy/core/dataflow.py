@@ -222,7 +222,10 @@ class SessionMemory:
 
     def _run(self, sid: int) -> None:
         while not self._stop.wait(self.period_s):
-            self.sample(sid)
+            try:
+                self.sample(sid)
+            except Exception:  # noqa: BLE001 - a process vanishing mid-scan must not end the sampling
+                continue
 
 
 def run_dataflow(path: str | Path, stop_after_s: float, log_path: str | Path | None = None,

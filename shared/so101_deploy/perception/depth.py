@@ -22,8 +22,9 @@ import numpy as np
 from so101_deploy.core.messages import Message, encode
 from so101_deploy.core.settings import Setting, SettingError
 from so101_deploy.perception.depth_checkpoint import PATCH, load_depth_module
-from so101_deploy.perception.seg import (BACKENDS, DEVICES, MODEL_RUNTIME_SETTINGS, ModelLoadError, check_bgr_frame,
-                                         check_device_setting, imagenet_normalise, rgb_tensor)
+from so101_deploy.perception.seg import (BACKENDS, DEVICES, MODEL_RUNTIME_SETTINGS, ModelLoadError,
+                                         apply_runtime_settings, check_bgr_frame, check_device_setting,
+                                         imagenet_normalise, rgb_tensor)
 
 DEFAULT_INPUT_SIZE = 518
 ONNX_TAG = "depth_anything"
@@ -270,6 +271,7 @@ def depth_model_from_settings(settings) -> DepthModel:
         raise SettingError(f"{settings.node}: SO101_DEPTH_FP16=true needs SO101_DEVICE=cuda and "
                            f"SO101_DEPTH_BACKEND=torch (got {device}, {backend})")
     check_device_setting(settings, device)
+    apply_runtime_settings(settings)
     try:
         return DepthModel.load(path, device=device, backend=backend, input_size=size, fp16=fp16,
                                onnx_cache_dir=cache, threads=threads)

@@ -26,6 +26,8 @@ OPSET = 17
 # bump when the export itself changes (wrapper, opset, names) so stale cache files are not reused
 EXPORT_FORMAT = "v1"
 DEFAULT_CACHE_DIR = Path("~/.cache/so101-deploy/onnx")
+# process-wide session options, set by a model node from its settings (SO101_ORT_SPIN) before it loads
+SESSION_DEFAULTS: dict = {"spinning": True}
 
 
 class OnnxBackendError(RuntimeError):
@@ -102,6 +104,10 @@ class OnnxSession:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
+        if not SESSION_DEFAULTS["spinning"]:
+            # idle intra-op threads sleep instead of spinning: on 2 cores shared by seg, depth and the rest
+            # of the graph, a spinning thread takes the core another model needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=_providers(device))
         except OnnxBackendError:

@@ -327,7 +327,16 @@ MODEL_RUNTIME_SETTINGS = (
     Setting("SO101_ONNX_CACHE", "str", str(Path("~/.cache/so101-deploy/onnx")),
             "folder of the ONNX exports (one per weights and input shape)"),
     Setting("SO101_THREADS", "int", 0, "CPU threads for the model (0: the library's default)", min=0),
+    Setting("SO101_ORT_SPIN", "bool", True, "onnx backend: idle threads spin (onnxruntime's default); false "
+            "lets them sleep, leaving the cores to the other model"),
 )
+
+
+def apply_runtime_settings(settings) -> None:
+    """Process-wide options of the onnx sessions this node will create."""
+    from so101_deploy.perception.onnx_backend import SESSION_DEFAULTS
+
+    SESSION_DEFAULTS["spinning"] = bool(settings["SO101_ORT_SPIN"])
 
 SETTINGS = (
     Setting("SO101_SEG_CHECKPOINT", "str", required=True, doc="the Lightning best.ckpt of training"),
@@ -350,6 +359,7 @@ def seg_model_from_settings(settings) -> SegModel:
     path = settings["SO101_SEG_CHECKPOINT"]
     device = settings["SO101_DEVICE"]
     check_device_setting(settings, device)
+    apply_runtime_settings(settings)
     try:
         return SegModel.load(path, device=device, backend=settings["SO101_SEG_BACKEND"],
                              onnx_cache_dir=settings["SO101_ONNX_CACHE"], threads=settings["SO101_THREADS"] or None)

@@ -157,7 +157,8 @@ def bench_handoff(models: dict[str, Path], device: str, threads: int | None, ite
 def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: Path,
                 seg_backend: str, depth_backend: str, depth_size: int,
                 bus_log: Path | None = None, flows: str | Path | None = None,
-                until_torque_s: float | None = None) -> dict[str, Any]:
+                until_torque_s: float | None = None,
+                node_env: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """Run ``dataflow.yml`` itself with the generated video as camera and the software bus as arm;
     ``bus_log`` keeps every register write the servo node made (the integration tests read it).
     ``until_torque_s``: stop that long after the servo node first enabled torque (needs ``bus_log``),
@@ -197,6 +198,8 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
             "servo": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(calibration)},
             "estop": {"SO101_ESTOP_FILE": str(out_dir / "so101.estop")},  # never a stray /tmp file
         }
+        for node_id, values in (node_env or {}).items():  # --graph-env: settings to compare
+            env.setdefault(node_id, {}).update(values)
         # joint_state: the servo's write of each goal (the end of a frame's timeline); only the newest matters
         monitor = {"id": "monitor", "path": str(monitor_script),
                    "env": {"SO101_MONITOR_DIR": str(out_dir / "monitor")},
@@ -255,7 +258,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                                                                     "CPU, 518 on CUDA)")
     p.add_argument("--skip", action="append", default=[], choices=("stages", "handoff", "graph", "same-size"),
                    help="same-size: the second graph run at the hand-off's depth size 518 (CPU only)")
+    p.add_argument("--graph-env", action="append", default=[], metavar="NODE:KEY=VALUE",
+                   help="a setting for one node of the benchmarked graph (repeatable), e.g. depth:SO101_THREADS=2")
     add_flows_argument(p)
+
+
+def parse_graph_env(items: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        node_id, sep, kv = item.partition(":")
+        key, eq, value = kv.partition("=")
+        if not sep or not eq or not node_id or not key.startswith("SO101_"):
+            raise ValueError(f"--graph-env {item!r}: expected NODE:SO101_KEY=VALUE, e.g. depth:SO101_THREADS=2")
+        out.setdefault(node_id, {})[key] = value
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -265,6 +281,11 @@ def run(args: argparse.Namespace) -> int:
         except DataflowError as e:
             print(f"bench: error: {e}")
             return 2
+    try:
+        node_env = parse_graph_env(args.graph_env)
+    except ValueError as e:
+        print(f"bench: error: {e}")
+        return 2
     import torch  # noqa: PLC0415
 
     out = Path(args.out).resolve()
@@ -281,8 +302,9 @@ def run(args: argparse.Namespace) -> int:
                                           "processor": platform.processor() or platform.machine(),
                                           "torch": torch.__version__, "device": args.device,
                                           "gpu": torch.cuda.get_device_name(0) if not cpu else None},
+                              "command": "so101-deploy bench " + " ".join(sys.argv[2:] if len(sys.argv) > 1 else []),
                               "graph_settings": {"seg_backend": seg_backend, "depth_backend": depth_backend,
-                                                 "depth_size": depth_size}}
+                                                 "depth_size": depth_size, "node_env": node_env}}
     if "stages" not in args.skip:
         print("[bench] stages ...", flush=True)
         result["stages"] = bench_stages(models, args.device, threads, args.runs, out / "onnx")
@@ -293,13 +315,14 @@ def run(args: argparse.Namespace) -> int:
     if "graph" not in args.skip:
         print(f"[bench] dataflow.yml for {args.seconds:.0f} s ...", flush=True)
         result["graph"] = bench_graph(models, args.device, args.seconds, out / "graph", seg_backend,
-                                      depth_backend, depth_size, flows=args.flows)
+                                      depth_backend, depth_size, flows=args.flows, node_env=node_env)
         print(f"[bench] graph: {result['graph']['control_rate_hz']} Hz", flush=True)
         if depth_size != HANDOFF_DEPTH_SIZE and "same-size" not in args.skip:
             # the same graph at the hand-off's own depth size: the speed-up that is not the smaller input
             print(f"[bench] dataflow.yml with depth at {HANDOFF_DEPTH_SIZE} for {args.seconds:.0f} s ...", flush=True)
             result["graph_same_size"] = bench_graph(models, args.device, args.seconds, out / "graph_518", seg_backend,
-                                                    depth_backend, HANDOFF_DEPTH_SIZE, flows=args.flows)
+                                                    depth_backend, HANDOFF_DEPTH_SIZE, flows=args.flows,
+                                                    node_env=node_env)
     if "handoff" in result and result["handoff"]["rate_hz"] > 0:
         for key, ratio in (("graph", "speedup_vs_handoff"), ("graph_same_size", "speedup_same_size_vs_handoff")):
             if key in result:
@@ -314,6 +337,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"# so101-deploy bench ({m['device']}{', ' + m['gpu'] if m.get('gpu') else ''}; "
              f"{m['cpu_count']} CPUs; torch {m['torch']})", ""]
+    if r.get("command"):
+        lines += [f"Made with `{r['command'].strip()}`; graph settings {r['graph_settings']}.", ""]
     st = r.get("stages")
     if st:
         lines += ["| stage | backend | input | p50 ms | min ms |", "|---|---|---|---|---|"]
