@@ -28,6 +28,7 @@ from so101_deploy.perception.seg import (BACKENDS, DEVICES, MODEL_RUNTIME_SETTIN
 
 DEFAULT_INPUT_SIZE = 518
 ONNX_TAG = "depth_anything"
+INT8_TAG = "depth_anything_int8"  # static int8 (QDQ) exports made by `so101-deploy quantize-depth`
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -86,8 +87,9 @@ class DepthModel:
     """Depth Anything V2 with its preprocessing, on torch (CPU/CUDA, fp16 on CUDA) or onnxruntime."""
 
     def __init__(self, module, device="cpu", backend="torch", input_size=DEFAULT_INPUT_SIZE, fp16=False,
-                 onnx_cache_dir=None, threads=None, source=""):
+                 onnx_cache_dir=None, threads=None, source="", int8=False):
         self.module = module
+        self.int8 = bool(int8)
         self.device = device
         self.backend = backend
         self.input_size = int(input_size)
@@ -107,10 +109,15 @@ class DepthModel:
             self._file_key = file_digest(self.source)
         return self._file_key
 
+    def _no_int8(self, input_shape: tuple[int, ...]) -> str:
+        return (f"no int8 export of {self.source} for input {input_shape} in {self.onnx_cache_dir}: make it (and "
+                f"see its agreement with fp32) with `so101-deploy quantize-depth --model {self.source} "
+                f"--input-size {self.input_size} --frames FOLDER_OF_CAMERA_FRAMES`, or set SO101_DEPTH_INT8=false")
+
     def _cached_session(self, input_shape: tuple[int, ...]):
         from so101_deploy.perception.onnx_backend import OnnxBackendError, OnnxSession, read_manifest
 
-        found = read_manifest(self.onnx_cache_dir, ONNX_TAG, self.file_key, input_shape)
+        found = read_manifest(self.onnx_cache_dir, INT8_TAG if self.int8 else ONNX_TAG, self.file_key, input_shape)
         if found is None:
             return None
         try:
@@ -122,13 +129,23 @@ class DepthModel:
 
     @classmethod
     def load(cls, model_path, device="cpu", backend="torch", input_size=518, fp16=False, onnx_cache_dir=None,
-             threads=None) -> "DepthModel":
+             threads=None, int8=False) -> "DepthModel":
         if backend not in BACKENDS:
             raise ValueError(f"depth backend must be one of {BACKENDS}, got {backend!r}")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if int(input_size) < PATCH or int(input_size) % PATCH:
             raise ValueError(f"depth input size must be a positive multiple of {PATCH}, got {input_size}")
+        if int8:
+            if backend != "onnx" or device != "cpu":
+                raise ValueError("int8 depth runs only with the onnx backend on device cpu")
+            if not Path(model_path).exists():
+                raise ModelLoadError(f"{model_path} does not exist")
+            model = cls(None, device, backend, input_size, fp16, onnx_cache_dir, threads, str(model_path), int8=True)
+            shape = (1, 3, *model.input_hw((480, 640)))
+            if model._cached_session(shape) is None:
+                raise ModelLoadError(model._no_int8(shape))
+            return model
         if backend == "onnx" and device == "cpu" and not fp16 and Path(model_path).exists():
             model = cls(None, device, backend, input_size, fp16, onnx_cache_dir, threads, str(model_path))
             # exported before from this very checkpoint at a 640x480 frame's shape: no torch, no transformers
@@ -181,6 +198,8 @@ class DepthModel:
 
     def session(self, input_shape: tuple[int, ...]):
         s = self._sessions.get(input_shape) or self._cached_session(input_shape)
+        if s is None and self.int8:
+            raise ModelLoadError(self._no_int8(input_shape))
         if s is None:
             from so101_deploy.perception.onnx_backend import session_for, write_manifest
 
@@ -253,6 +272,8 @@ SETTINGS = (
     Setting("SO101_DEPTH_INPUT_SIZE", "int", DEFAULT_INPUT_SIZE, "short side fed to the model (518: its own; "
             "266 on a CPU)", min=PATCH, max=2048),
     Setting("SO101_DEPTH_FP16", "bool", False, "half precision (cuda + torch only)"),
+    Setting("SO101_DEPTH_INT8", "bool", False, "the static int8 export made by `so101-deploy quantize-depth` "
+            "(onnx on cpu only; it checks its agreement with fp32 when it makes it)"),
     Setting("SO101_DEPTH_WARMUP_HW", "str", "480x640", "frame size HxW to export/run once at start, or none"),
 ) + MODEL_RUNTIME_SETTINGS
 
@@ -274,7 +295,7 @@ def depth_model_from_settings(settings) -> DepthModel:
     apply_runtime_settings(settings)
     try:
         return DepthModel.load(path, device=device, backend=backend, input_size=size, fp16=fp16,
-                               onnx_cache_dir=cache, threads=threads)
+                               onnx_cache_dir=cache, threads=threads, int8=settings["SO101_DEPTH_INT8"])
     except (ModelLoadError, RuntimeError, ValueError) as e:
         raise SettingError(f"{settings.node}: SO101_DEPTH_MODEL={path}: {e}") from None
 

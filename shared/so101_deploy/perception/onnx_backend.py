@@ -199,5 +199,6 @@ def write_manifest(cache_dir: str | Path | None, tag: str, file_key: str, onnx_p
     fd, tmp = tempfile.mkstemp(suffix=".json.tmp", dir=mpath.parent)
     with os.fdopen(fd, "w") as fh:
         json.dump({"onnx": Path(onnx_path).name, "info": info}, fh)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, mpath)
     return mpath
