@@ -258,9 +258,34 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                                                                     "CPU, 518 on CUDA)")
     p.add_argument("--skip", action="append", default=[], choices=("stages", "handoff", "graph", "same-size"),
                    help="same-size: the second graph run at the hand-off's depth size 518 (CPU only)")
+    p.add_argument("--int8-depth", action="store_true",
+                   help="also quantize depth to static int8 (quantize-depth, on generated frames) and run the graph "
+                        "with it, when it agrees with fp32")
     p.add_argument("--graph-env", action="append", default=[], metavar="NODE:KEY=VALUE",
                    help="a setting for one node of the benchmarked graph (repeatable), e.g. depth:SO101_THREADS=2")
     add_flows_argument(p)
+
+
+def bench_int8_graph(models: dict[str, Path], args: argparse.Namespace, out: Path, seg_backend: str,
+                     depth_size: int, node_env: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """quantize-depth on generated frames, then the graph with SO101_DEPTH_INT8=true if it was accepted."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from so101_deploy.sim.synthetic import write_image_folder  # noqa: PLC0415
+    from so101_deploy.tools.quantize import QuantizationRejected, quantize_depth, read_frames  # noqa: PLC0415
+
+    print("[bench] quantizing depth to static int8 ...", flush=True)
+    write_image_folder(out / "int8_frames", frames=12, seed=5)
+    frames = read_frames(out / "int8_frames")
+    try:
+        report = asdict(quantize_depth(models["depth"], frames, depth_size, out / "onnx", threads=2))
+    except QuantizationRejected as e:
+        return {"int8_quantization": {"accepted": False, "reason": str(e)}}
+    env = {**node_env, "depth": {**node_env.get("depth", {}), "SO101_DEPTH_INT8": "true"}}
+    print(f"[bench] dataflow.yml with int8 depth for {args.seconds:.0f} s ...", flush=True)
+    graph = bench_graph(models, "cpu", args.seconds, out / "graph_int8", seg_backend, "onnx", depth_size,
+                        flows=args.flows, node_env=env)
+    return {"int8_quantization": report, "graph_int8": graph}
 
 
 def parse_graph_env(items: list[str]) -> dict[str, dict[str, str]]:
@@ -323,8 +348,11 @@ def run(args: argparse.Namespace) -> int:
             result["graph_same_size"] = bench_graph(models, args.device, args.seconds, out / "graph_518", seg_backend,
                                                     depth_backend, HANDOFF_DEPTH_SIZE, flows=args.flows,
                                                     node_env=node_env)
+    if args.int8_depth and args.device == "cpu" and "graph" not in args.skip:
+        result.update(bench_int8_graph(models, args, out, seg_backend, depth_size, node_env))
     if "handoff" in result and result["handoff"]["rate_hz"] > 0:
-        for key, ratio in (("graph", "speedup_vs_handoff"), ("graph_same_size", "speedup_same_size_vs_handoff")):
+        for key, ratio in (("graph", "speedup_vs_handoff"), ("graph_same_size", "speedup_same_size_vs_handoff"),
+                           ("graph_int8", "speedup_int8_vs_handoff")):
             if key in result:
                 result[ratio] = round(result[key]["control_rate_hz"] / result["handoff"]["rate_hz"], 2)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
@@ -377,17 +405,29 @@ def render_markdown(r: dict[str, Any]) -> str:
             note = (f" (the graph runs at the camera's {CAMERA_FPS:.0f} fps, its ceiling; the hand-off loop "
                     f"was timed in-process without a camera)")
         lines.append(f"- speed-up over the hand-off pipeline: **{r['speedup_vs_handoff']}x**{note}")
-    for key in ("graph", "graph_same_size"):
+    q = r.get("int8_quantization")
+    if q:
+        if q.get("accepted"):
+            g = r["graph_int8"]
+            lat = g["report"].get("new_frame_latency_ms") or {}
+            lines.append(f"- with static int8 depth (`quantize-depth`: its 84x84 disparity observation correlates "
+                         f"{q['correlation_min']} (worst of {q['check_frames']} held-out frames) with fp32's; "
+                         f"{q['int8_ms']} ms vs {q['fp32_ms']} ms per frame alone): **{g['control_rate_hz']} Hz**, "
+                         f"capture-to-goal p50 {lat.get('p50', float('nan')):.0f} ms, p90 "
+                         f"{lat.get('p90', float('nan')):.0f} ms; **{r.get('speedup_int8_vs_handoff', 'n/a')}x**")
+        else:
+            lines.append(f"- static int8 depth: {q['reason']}")
+    for key, label in (("graph", ""), ("graph_same_size", " (the hand-off's size)"), ("graph_int8", ", int8")):
         if key in r:
-            lines += graph_details(r[key])
+            lines += graph_details(r[key], label)
     return "\n".join(lines) + "\n"
 
 
-def graph_details(g: dict[str, Any]) -> list[str]:
+def graph_details(g: dict[str, Any], label: str = "") -> list[str]:
     """Start-up, memory per node and the timeline of one frame, for one graph run."""
     from so101_deploy.tools.monitor import timeline_table  # noqa: PLC0415
 
-    lines = ["", f"### Graph run, depth at {g['depth_size']}", "",
+    lines = ["", f"### Graph run, depth at {g['depth_size']}{label}", "",
              f"- start-up, `dora run` -> first goal: {g['startup_s']} s",
              f"- peak resident memory: {g['peak_rss_mb_total']} MB for the graph (monitor excluded); largest node "
              f"without a model: {g['peak_rss_mb_max_lean']} MB", "",
