@@ -146,3 +146,36 @@ def test_gripper_mapping():
     assert gripper_action_to_rad(-7) == pytest.approx(GRIPPER_CLOSED_RAD)
     with pytest.raises(KinematicsError, match="finite"):
         gripper_action_to_rad(float("nan"))
+
+
+def test_mesh_free_model_gives_bit_identical_poses_and_ik_steps(kin):
+    """The default model drops the STL meshes (~290 MB per node); every pose and IK step must be the
+    same bits as with the meshes, over the whole joint range."""
+    import mujoco
+
+    full = Kinematics(meshes=True)
+    assert kin.model.nmesh == 0 and full.model.nmesh > 0
+    assert not any(kin.model.geom_type == mujoco.mjtGeom.mjGEOM_MESH)
+    for name in ("body_mass", "body_inertia", "body_pos", "body_quat", "body_ipos", "body_iquat", "site_pos"):
+        assert np.array_equal(getattr(kin.model, name), getattr(full.model, name)), name
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        q = rng.uniform(kin.lower_rad, kin.upper_rad)
+        target = rng.uniform([-0.3, -0.3, 0.0], [0.3, 0.3, 0.4])
+        pos, rot = kin.site_pose(q)
+        pos_full, rot_full = full.site_pose(q)
+        assert np.array_equal(pos, pos_full) and np.array_equal(rot, rot_full)
+        assert np.array_equal(kin.ik_step(q, target), full.ik_step(q, target))
+
+
+def test_mesh_free_model_refuses_a_body_whose_mass_comes_from_meshes(tmp_path):
+    from so101_deploy.arm.kinematics import so101_mjcf_path as mjcf
+
+    src = mjcf()
+    text = src.read_text().replace('meshdir="assets"', f'meshdir="{src.parent / "assets"}"')
+    start = text.index("<inertial")
+    path = tmp_path / "no_inertial.xml"
+    path.write_text(text[:start] + text[text.index("/>", start) + 2:])  # the first body loses its <inertial>
+    with pytest.raises(ValueError, match="no explicit <inertial>"):
+        Kinematics(path)
+    assert Kinematics(path, meshes=True).model.nmesh > 0

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from so101_deploy.tools.bench import bench_graph
+from so101_deploy.tools.bench import bench_graph, render_markdown
 from so101_deploy.arm.calibration import EXAMPLE_PATH, Calibration
 from so101_deploy.tools.fixtures import write_fixtures
 
@@ -31,6 +31,26 @@ def test_real_robot_graph_on_video_and_software_bus(tmp_path):
     assert rep["goals_outside_limits"] == 0
     assert "gate_timed_out': 0" in dora_log  # seg and depth answered every frame the gate passed
     assert "unmatched=0" in dora_log  # so the observation paired every mask with its disparity
+
+    # the bench's figures are complete: a timeline from capture to the servo write, memory per node
+    line = res["timeline_ms"]
+    for stamp in ("camera_out", "frame_gate_in", "frame_gate_out", "seg_in", "seg_out", "depth_in", "depth_out",
+                  "observation_out", "policy_in", "policy_out", "controller_in", "controller_out", "servo_write"):
+        assert stamp in line and line[stamp]["n"] >= 1, (stamp, sorted(line))
+    assert line["camera_out"]["p50"] <= line["seg_out"]["p50"] <= line["observation_out"]["p50"] \
+        <= line["controller_out"]["p50"] <= line["servo_write"]["p50"]
+    assert res["startup_s"] is not None and res["startup_s"] > 0
+    assert set(res["peak_rss_mb"]) == {"camera", "frame_gate", "seg", "depth", "observation", "policy", "controller",
+                                       "servo", "estop", "monitor"}, res["peak_rss_mb"]
+    # a guard, not a speed figure: nodes that run no model import no torch and load no meshes (~300 MB each)
+    assert res["peak_rss_mb_max_lean"] < 300, res["peak_rss_mb"]
+    md = render_markdown({"machine": {"device": "cpu", "cpu_count": 2, "torch": "x"}, "command": "so101-deploy bench",
+                          "graph_settings": {"seg_backend": "onnx", "depth_backend": "onnx", "depth_size": 266},
+                          "handoff": {"p50_ms": 1500.0, "rate_hz": 0.66}, "graph": res,
+                          "speedup_vs_handoff": round(res["control_rate_hz"] / 0.66, 2)})
+    for part in ("### Graph run, depth at 266", "start-up, `dora run` -> first goal", "| servo | ",
+                 "| servo_write | ", "| depth_out | ", "speed-up over the hand-off pipeline"):
+        assert part in md, (part, md)
 
     # what the servo node wrote on the bus: torque on, goals inside the calibrated range, bounded steps
     cal = Calibration.load(EXAMPLE_PATH)

@@ -10,6 +10,10 @@ Settings: so101_deploy.arm.controller.SETTINGS and SO101_GRIPPERFRAME.
 import sys
 import time
 
+from so101_deploy.core.gl import no_rendering_here
+
+no_rendering_here()  # first: MuJoCo is used for kinematics only here, never to render (saves ~55 MB)
+
 from so101_deploy.arm.controller import SETTINGS, ControllerError, Output, control_loop_from_settings
 from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING
 from so101_deploy.core.messages import Message, MessageError, encode, now_ns

@@ -8,6 +8,10 @@ Settings: so101_deploy.policy.observation.SETTINGS and SO101_GRIPPERFRAME.
 
 import sys
 
+from so101_deploy.core.gl import no_rendering_here
+
+no_rendering_here()  # first: MuJoCo is used for kinematics only here, never to render (saves ~55 MB)
+
 from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING
 from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
 from so101_deploy.policy.observation import SETTINGS, observation_node_from_settings

@@ -1,13 +1,13 @@
 """Policy node: observation -> DrQ-v2 eval action (tanh of the mean), with its action space.
 
 Input: ``observation``.  Output: ``action`` (metadata ``action_space``: cartesian or joint_delta, and
-``latency_ms``).  Settings: so101_deploy.policy.drqv2.SETTINGS.
+``latency_ms``).  Settings: so101_deploy.policy.runtime.SETTINGS.
 """
 
 import sys
 
 from so101_deploy.core.node import Handlers, NodeSpec, run_node
-from so101_deploy.policy.drqv2 import SETTINGS, PolicyNode, policy_runner_from_settings
+from so101_deploy.policy.runtime import SETTINGS, PolicyNode, policy_runner_from_settings
 
 SPEC = NodeSpec("policy", SETTINGS, inputs={"observation": "observation"}, outputs=("action",))
 

@@ -112,7 +112,8 @@ def build(settings, ctx) -> Handlers:
         out = servo.on_tick()
         if out is not None:
             state, meta = out
-            ctx.send("joint_state", *encode("joint_state", state, frame_id=servo.bus.reads, stamp_ns=now_ns(), **meta))
+            ctx.send("joint_state", *encode("joint_state", state, frame_id=servo.bus.reads, stamp_ns=now_ns(), **meta,
+                                            **last_write))
         leave_if_done()
 
     def on_closed(input_id: str) -> None:
@@ -124,7 +125,16 @@ def build(settings, ctx) -> Handlers:
         ctx.log.info(f"stopped: {servo.bus.reads} reads, {servo.goals_written} goals written, "
                      f"bus errors {dict(servo.bus.errors)}, events {dict(servo.events)}")
 
-    return Handlers(on_input={"goal": locked(lambda m: servo.on_goal(m.data, fresh=m.meta.get("source") != "watchdog")),
+    # the last goal written to the bus: its camera frame and when (the bench's per-frame timeline)
+    last_write = {"goal_frame_id": 0, "t_servo_write_ns": 0}
+
+    def on_goal(msg) -> None:
+        written = servo.goals_written
+        servo.on_goal(msg.data, fresh=msg.meta.get("source") != "watchdog")
+        if servo.goals_written != written:
+            last_write.update(goal_frame_id=msg.frame_id, t_servo_write_ns=now_ns())
+
+    return Handlers(on_input={"goal": locked(on_goal),
                               "estop": locked(lambda m: servo.on_estop(int(m.data[0])))},
                     on_tick={"tick": locked(on_tick)}, on_stop=locked(on_stop), on_closed=locked(on_closed))
 

@@ -108,14 +108,36 @@ def joint_ranges_rad(mjcf_path: str | Path | None = None) -> tuple[np.ndarray, n
             np.array([ranges[n][1] for n in JOINT_NAMES], dtype=np.float64))
 
 
+def _strip_meshes(spec: mujoco.MjSpec) -> None:
+    """Delete the mesh geoms and meshes of ``spec``; refuse when a body's inertia came from them."""
+    for body in spec.bodies:
+        if body.name != "world" and not body.explicitinertial:
+            raise ValueError(f"body {body.name!r} has no explicit <inertial>: its mass comes from its "
+                             f"meshes, so a mesh-free kinematics model would differ (use meshes=True)")
+    for geom in list(spec.geoms):
+        if geom.type == mujoco.mjtGeom.mjGEOM_MESH:
+            spec.delete(geom)
+    for mesh in list(spec.meshes):
+        spec.delete(mesh)
+
+
 class Kinematics:
     """Forward kinematics and one DLS IK step on the SO-101 ``gripperframe`` site."""
 
-    def __init__(self, mjcf_path: str | Path | None = None, gripperframe: str | None = None):
+    def __init__(self, mjcf_path: str | Path | None = None, gripperframe: str | None = None,
+                 meshes: bool = False):
+        """``meshes=False`` (the default) compiles the model without its mesh geoms: kinematics needs
+        only the bodies, joints and sites, and the STL meshes cost ~290 MB of RSS and ~1.5 s per process
+        (the controller and observation nodes held ~500 MB for them).  Every body of the SO-101 MJCF has
+        an explicit ``<inertial>``, so masses, frames and therefore every pose and Jacobian are identical
+        (tests/test_kinematics.py checks that bit for bit); ``meshes=True`` keeps them for rendering."""
         path = Path(mjcf_path) if mjcf_path is not None else so101_mjcf_path()
         self.gripperframe = gripperframe_choice(gripperframe)
         try:
-            self.model = so101_spec(path, self.gripperframe).compile()
+            spec = so101_spec(path, self.gripperframe)
+            if not meshes:
+                _strip_meshes(spec)
+            self.model = spec.compile()
         except ValueError as e:
             raise ValueError(f"cannot load the SO-101 MJCF {path}: {e}") from e
         self.data = mujoco.MjData(self.model)

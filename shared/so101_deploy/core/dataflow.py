@@ -11,11 +11,13 @@ stops that group by its process id, even when the caller is interrupted.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,9 +166,72 @@ def dora_executable(search_path: str | None = None) -> str:
     return exe
 
 
+class SessionMemory:
+    """Peak resident memory (MB) per dora node of one ``dora run`` session, sampled from /proc.
+
+    A node is named by its ``node_id`` in the ``DORA_NODE_CONFIG`` dora gives it (else by the
+    ``nodes/<id>/main.py`` of its command line); the sampling costs ~1 ms of CPU per period."""
+
+    def __init__(self, period_s: float = 0.25):
+        self.period_s = period_s
+        self.peak_mb: dict[str, float] = {}
+        self._names: dict[int, str | None] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, sid: int) -> None:
+        self._thread = threading.Thread(target=self._run, args=(sid,), daemon=True, name="session-memory")
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        return {k: round(v, 1) for k, v in sorted(self.peak_mb.items())}
+
+    def _name(self, pid: int) -> str | None:
+        if pid not in self._names:
+            name = None
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                config = next((e for e in environ if e.startswith(b"DORA_NODE_CONFIG=")), b"")
+                m = re.search(rb"node_id:\s*['\"]?([A-Za-z0-9_./-]+)", config)
+                if m is None:
+                    m = re.search(rb"nodes/([A-Za-z0-9_-]+)/main\.py", Path(f"/proc/{pid}/cmdline").read_bytes())
+                name = m.group(1).decode() if m else None
+            except OSError:
+                return None  # gone, or not readable yet: ask again next time
+            self._names[pid] = name
+        return self._names[pid]
+
+    def sample(self, sid: int) -> None:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[3]) != sid:
+                    continue
+                pid = int(stat.parent.name)
+                name = self._name(pid)
+                if name is None:
+                    continue
+                status = (stat.parent / "status").read_text()
+            except (OSError, ValueError, IndexError):
+                continue
+            m = re.search(r"VmRSS:\s+(\d+) kB", status)
+            if m:
+                self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), int(m.group(1)) / 1024)
+
+    def _run(self, sid: int) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.sample(sid)
+            except Exception:  # noqa: BLE001 - a process vanishing mid-scan must not end the sampling
+                continue
+
+
 def run_dataflow(path: str | Path, stop_after_s: float, log_path: str | Path | None = None,
                  extra_env: Mapping[str, str] | None = None, grace_s: float = 60.0,
-                 until: Callable[[str], bool] | None = None, linger_s: float = 0.0) -> RunResult:
+                 until: Callable[[str], bool] | None = None, linger_s: float = 0.0,
+                 memory: SessionMemory | None = None) -> RunResult:
     """``dora run PATH --stop-after Ns``; everything it started is killed if it outlives ``grace_s``.
 
     With ``until`` (called with the log so far), ``stop_after_s`` is a deadline, not a window: the run is
@@ -184,6 +249,8 @@ def run_dataflow(path: str | Path, stop_after_s: float, log_path: str | Path | N
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: polling `until` must not block on output
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True, cwd=str(Path(path).parent))
+    if memory is not None:
+        memory.start(proc.pid)
     met = None
     try:
         if until is not None:
@@ -209,6 +276,8 @@ def run_dataflow(path: str | Path, stop_after_s: float, log_path: str | Path | N
             proc.wait()
             log.write(f"\n[so101-deploy] dora run did not stop within {stop_after_s + grace_s:.0f} s; killed\n")
     finally:
+        if memory is not None:
+            memory.stop()
         kill_session(proc.pid)  # dora puts each node in a process group of its own, but in this session
         log.seek(0)
         out = log.read()

@@ -43,3 +43,13 @@ def headless_gl_fallback() -> None:
         from mujoco.osmesa import GLContext  # sets PYOPENGL_PLATFORM=osmesa when unset
 
         gl_context.GLContext = GLContext
+
+
+def no_rendering_here() -> None:
+    """For a process that uses MuJoCo for kinematics only (controller, observation, monitor): with
+    ``MUJOCO_GL=osmesa`` in the environment (the project's headless default, inherited from the shell),
+    ``import mujoco`` loads OSMesa and its LLVM, ~55 MB of memory such a node never uses.  Call it first,
+    before anything imports mujoco; it changes only this process's environment, and only in a process
+    dora started (a test importing the node's module keeps its renderer)."""
+    if "mujoco" not in sys.modules and "DORA_NODE_CONFIG" in os.environ:
+        os.environ.pop("MUJOCO_GL", None)

@@ -30,9 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from so101_deploy.core import log as _log
+from so101_deploy.core import trace as _trace
 from so101_deploy.core import wiring as _wiring
 from so101_deploy.core.messages import Message, MessageError, decode
 from so101_deploy.core.settings import Setting, SettingError, Settings  # noqa: F401  (re-exported)
+
+class _CurrentInput:
+    """The metadata of the input being handled (a node is one event loop), for ``send``'s stamps."""
+    meta: dict | None = None
+
+
+_current_input = _CurrentInput()
 
 RAW = None  # an input handled without decoding: a dora timer, or a trigger whose content is ignored
 
@@ -112,10 +120,12 @@ class NodeContext:
         return (get() if get is not None else None) or {}
 
     def send(self, output_id: str, value: Any, metadata: Mapping[str, Any] | None = None) -> None:
+        """Send ``value``; the metadata gains the timeline stamps of the input being handled (see
+        so101_deploy.core.trace) unless it carries stamps already, and ``t_<node>_out_ns``."""
         if output_id not in self.spec.outputs:
             raise ValueError(f"{self.spec.name}: output {output_id!r} is not declared (outputs: "
                              f"{list(self.spec.outputs)})")
-        self.dora.send_output(output_id, value, metadata)
+        self.dora.send_output(output_id, value, _trace.outgoing(self.spec.name, metadata, (_current_input.meta,)))
 
 
 @dataclass
@@ -206,8 +216,14 @@ def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Callab
                     on_tick[iid]()
                 elif iid in inputs:
                     stats.received += 1
-                    msg = decode(inputs[iid], event["value"], event.get("metadata"))
-                    on_input[iid](msg)
+                    meta = dict(event.get("metadata") or {})
+                    _trace.received(node_name, meta)
+                    msg = decode(inputs[iid], event["value"], meta)
+                    _current_input.meta = msg.meta
+                    try:
+                        on_input[iid](msg)
+                    finally:
+                        _current_input.meta = None
                 consecutive = 0
             except MessageError as e:
                 stats.rejected += 1

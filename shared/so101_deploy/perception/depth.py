@@ -14,6 +14,7 @@ relative disparity (larger = nearer, >= 0 from the head's ReLU) resized to the f
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,13 @@ import numpy as np
 from so101_deploy.core.messages import Message, encode
 from so101_deploy.core.settings import Setting, SettingError
 from so101_deploy.perception.depth_checkpoint import PATCH, load_depth_module
-from so101_deploy.perception.seg import (BACKENDS, DEVICES, MODEL_RUNTIME_SETTINGS, ModelLoadError, check_bgr_frame,
-                                         check_device_setting, imagenet_normalise, rgb_tensor)
+from so101_deploy.perception.seg import (BACKENDS, DEVICES, MODEL_RUNTIME_SETTINGS, ModelLoadError,
+                                         apply_runtime_settings, check_bgr_frame, check_device_setting,
+                                         imagenet_normalise, rgb_tensor)
 
 DEFAULT_INPUT_SIZE = 518
+ONNX_TAG = "depth_anything"
+INT8_TAG = "depth_anything_int8"  # static int8 (QDQ) exports made by `so101-deploy quantize-depth`
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -42,6 +46,27 @@ def lower_bound_hw(height: int, width: int, input_size: int = DEFAULT_INPUT_SIZE
         return y if y >= input_size else int(np.ceil(x / multiple) * multiple)
 
     return fit(scale * height), fit(scale * width)
+
+
+def _align_corners_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index: the lower input index, the upper one and the weight of the upper, with
+    the corners of input and output aligned (source = i * (n_in - 1) / (n_out - 1), as torch)."""
+    scale = np.float32((n_in - 1) / (n_out - 1)) if n_out > 1 else np.float32(0)
+    src = np.arange(n_out, dtype=np.float32) * scale
+    lo = np.minimum(src.astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (src - lo).astype(np.float32)
+
+
+def resize_bilinear_align_corners(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w) float32 -> (height, width) float32: torch's ``F.interpolate(mode="bilinear",
+    align_corners=True)`` in numpy (equal to float rounding, tested), what the original ``infer_image``
+    did to the network's output."""
+    x = np.asarray(x, np.float32)
+    lo, hi, wy = _align_corners_taps(x.shape[0], height)
+    rows = x[lo] + (x[hi] - x[lo]) * wy[:, None]
+    lo, hi, wx = _align_corners_taps(x.shape[1], width)
+    return np.ascontiguousarray(rows[:, lo] + (rows[:, hi] - rows[:, lo]) * wx[None, :])
 
 
 def _export_wrapper(module):
@@ -62,8 +87,9 @@ class DepthModel:
     """Depth Anything V2 with its preprocessing, on torch (CPU/CUDA, fp16 on CUDA) or onnxruntime."""
 
     def __init__(self, module, device="cpu", backend="torch", input_size=DEFAULT_INPUT_SIZE, fp16=False,
-                 onnx_cache_dir=None, threads=None, source=""):
+                 onnx_cache_dir=None, threads=None, source="", int8=False):
         self.module = module
+        self.int8 = bool(int8)
         self.device = device
         self.backend = backend
         self.input_size = int(input_size)
@@ -72,18 +98,61 @@ class DepthModel:
         self.threads = threads
         self.source = source
         self._sessions: dict[tuple[int, ...], Any] = {}  # one fixed-shape export per input shape
+        self._file_key: str | None = None
+
+    @property
+    def file_key(self) -> str:
+        """The sha256 of the checkpoint's bytes, naming its exports' manifests."""
+        if self._file_key is None:
+            from so101_deploy.perception.onnx_backend import file_digest
+
+            self._file_key = file_digest(self.source)
+        return self._file_key
+
+    def _no_int8(self, input_shape: tuple[int, ...]) -> str:
+        return (f"no int8 export of {self.source} for input {input_shape} in {self.onnx_cache_dir}: make it (and "
+                f"see its agreement with fp32) with `so101-deploy quantize-depth --model {self.source} "
+                f"--input-size {self.input_size} --frames FOLDER_OF_CAMERA_FRAMES`, or set SO101_DEPTH_INT8=false")
+
+    def _cached_session(self, input_shape: tuple[int, ...]):
+        from so101_deploy.perception.onnx_backend import OnnxBackendError, OnnxSession, read_manifest
+
+        found = read_manifest(self.onnx_cache_dir, INT8_TAG if self.int8 else ONNX_TAG, self.file_key, input_shape)
+        if found is None:
+            return None
+        try:
+            s = OnnxSession(found[0], input_shape, self.device, self.threads)
+        except OnnxBackendError:
+            return None  # an unusable cache entry: export again from the checkpoint
+        self._sessions[input_shape] = s
+        return s
 
     @classmethod
     def load(cls, model_path, device="cpu", backend="torch", input_size=518, fp16=False, onnx_cache_dir=None,
-             threads=None) -> "DepthModel":
-        import torch
-
+             threads=None, int8=False) -> "DepthModel":
         if backend not in BACKENDS:
             raise ValueError(f"depth backend must be one of {BACKENDS}, got {backend!r}")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if int(input_size) < PATCH or int(input_size) % PATCH:
             raise ValueError(f"depth input size must be a positive multiple of {PATCH}, got {input_size}")
+        if int8:
+            if backend != "onnx" or device != "cpu":
+                raise ValueError("int8 depth runs only with the onnx backend on device cpu")
+            if not Path(model_path).exists():
+                raise ModelLoadError(f"{model_path} does not exist")
+            model = cls(None, device, backend, input_size, fp16, onnx_cache_dir, threads, str(model_path), int8=True)
+            shape = (1, 3, *model.input_hw((480, 640)))
+            if model._cached_session(shape) is None:
+                raise ModelLoadError(model._no_int8(shape))
+            return model
+        if backend == "onnx" and device == "cpu" and not fp16 and Path(model_path).exists():
+            model = cls(None, device, backend, input_size, fp16, onnx_cache_dir, threads, str(model_path))
+            # exported before from this very checkpoint at a 640x480 frame's shape: no torch, no transformers
+            if model._cached_session((1, 3, *model.input_hw((480, 640)))) is not None:
+                return model
+        import torch
+
         if fp16 and (device != "cuda" or backend != "torch"):
             raise ValueError("fp16 depth runs only with the torch backend on device cuda")
         if device == "cuda" and not torch.cuda.is_available():
@@ -128,13 +197,18 @@ class DepthModel:
         return imagenet_normalise(F.interpolate(x, (h, w), mode="bicubic", align_corners=False))
 
     def session(self, input_shape: tuple[int, ...]):
-        s = self._sessions.get(input_shape)
+        s = self._sessions.get(input_shape) or self._cached_session(input_shape)
+        if s is None and self.int8:
+            raise ModelLoadError(self._no_int8(input_shape))
         if s is None:
-            from so101_deploy.perception.onnx_backend import session_for
+            from so101_deploy.perception.onnx_backend import session_for, write_manifest
 
+            if self.module is None:  # started from a manifest; a frame of another size needs a new export
+                self.module = load_depth_module(self.source)
             s = self._sessions[input_shape] = session_for(
-                _export_wrapper(self.module), input_shape, "depth_anything", "pixel_values", "predicted_depth",
+                _export_wrapper(self.module), input_shape, ONNX_TAG, "pixel_values", "predicted_depth",
                 cache_dir=self.onnx_cache_dir, device=self.device, threads=self.threads)
+            write_manifest(self.onnx_cache_dir, ONNX_TAG, self.file_key, s.path, {}, input_shape)
         return s
 
     def warmup(self, frame_hw: tuple[int, int] = (480, 640)) -> None:
@@ -157,14 +231,18 @@ class DepthModel:
 
     def predict(self, bgr_u8: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 BGR -> (H, W) float32 raw relative disparity, larger = nearer."""
-        import torch
-        import torch.nn.functional as F
-
         check_bgr_frame(bgr_u8)
         H, W = bgr_u8.shape[:2]
-        with torch.inference_mode():
-            d = F.interpolate(self.raw(bgr_u8)[:, None], (H, W), mode="bilinear", align_corners=True)
-            out = d[0, 0].cpu().numpy().astype(np.float32, copy=False)
+        if self.backend == "onnx":  # numpy all the way: the node needs no torch
+            x = self.preprocess(bgr_u8)
+            out = resize_bilinear_align_corners(self.session(x.shape).run(x)[0], H, W)
+        else:
+            import torch
+            import torch.nn.functional as F
+
+            with torch.inference_mode():
+                d = F.interpolate(self.raw(bgr_u8)[:, None], (H, W), mode="bilinear", align_corners=True)
+                out = d[0, 0].cpu().numpy().astype(np.float32, copy=False)
         if not np.isfinite(out).all():  # fp16 overflow or a broken model: never emit garbage
             raise FloatingPointError(f"depth model produced {int((~np.isfinite(out)).sum())} non-finite values")
         return out
@@ -194,6 +272,8 @@ SETTINGS = (
     Setting("SO101_DEPTH_INPUT_SIZE", "int", DEFAULT_INPUT_SIZE, "short side fed to the model (518: its own; "
             "266 on a CPU)", min=PATCH, max=2048),
     Setting("SO101_DEPTH_FP16", "bool", False, "half precision (cuda + torch only)"),
+    Setting("SO101_DEPTH_INT8", "bool", False, "the static int8 export made by `so101-deploy quantize-depth` "
+            "(onnx on cpu only; it checks its agreement with fp32 when it makes it)"),
     Setting("SO101_DEPTH_WARMUP_HW", "str", "480x640", "frame size HxW to export/run once at start, or none"),
 ) + MODEL_RUNTIME_SETTINGS
 
@@ -212,9 +292,10 @@ def depth_model_from_settings(settings) -> DepthModel:
         raise SettingError(f"{settings.node}: SO101_DEPTH_FP16=true needs SO101_DEVICE=cuda and "
                            f"SO101_DEPTH_BACKEND=torch (got {device}, {backend})")
     check_device_setting(settings, device)
+    apply_runtime_settings(settings)
     try:
         return DepthModel.load(path, device=device, backend=backend, input_size=size, fp16=fp16,
-                               onnx_cache_dir=cache, threads=threads)
+                               onnx_cache_dir=cache, threads=threads, int8=settings["SO101_DEPTH_INT8"])
     except (ModelLoadError, RuntimeError, ValueError) as e:
         raise SettingError(f"{settings.node}: SO101_DEPTH_MODEL={path}: {e}") from None
 

@@ -10,6 +10,7 @@ weights and the input shape, and :class:`OnnxSession` refuses any input of anoth
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -25,6 +26,8 @@ OPSET = 17
 # bump when the export itself changes (wrapper, opset, names) so stale cache files are not reused
 EXPORT_FORMAT = "v1"
 DEFAULT_CACHE_DIR = Path("~/.cache/so101-deploy/onnx")
+# process-wide session options, set by a model node from its settings (SO101_ORT_SPIN) before it loads
+SESSION_DEFAULTS: dict = {"spinning": True}
 
 
 class OnnxBackendError(RuntimeError):
@@ -101,6 +104,10 @@ class OnnxSession:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
+        if not SESSION_DEFAULTS["spinning"]:
+            # idle intra-op threads sleep instead of spinning: on 2 cores shared by seg, depth and the rest
+            # of the graph, a spinning thread takes the core another model needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=_providers(device))
         except OnnxBackendError:
@@ -141,3 +148,57 @@ def session_for(module, input_shape: Sequence[int], tag: str, input_name: str, o
         logger.warning(f"cached {path} is unusable ({e}); exporting again")
         export_onnx(module, input_shape, path, input_name, output_name)
         return OnnxSession(path, input_shape, device, threads)
+
+
+# --- exports found by the checkpoint file itself: no torch in the node ------------------------------------
+#
+# Importing torch costs a node ~480 MB of memory and seconds of start-up; with the onnx backend it is only
+# needed to export.  After the first export, a manifest named by the sha256 of the checkpoint's bytes (and
+# the input shape) points at the export and holds what the node needs to know about the model (classes,
+# sizes); a node that finds it runs the export without importing torch.  The export was made from exactly
+# these bytes by this code (EXPORT_FORMAT), so it is the same model the torch path would load.
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 (16 hex) of a checkpoint: a file's bytes, or a folder's files (relative names and bytes)."""
+    path = Path(path)
+    h = hashlib.sha256(f"{EXPORT_FORMAT}|file".encode())
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else "").encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def manifest_path(cache_dir: str | Path | None, tag: str, file_key: str, input_shape: Sequence[int] = ()) -> Path:
+    folder = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    shape = "-" + "x".join(str(int(d)) for d in input_shape) if input_shape else ""
+    return folder / f"{tag}-file-{file_key}{shape}.json"
+
+
+def read_manifest(cache_dir: str | Path | None, tag: str, file_key: str,
+                  input_shape: Sequence[int] = ()) -> tuple[Path, dict] | None:
+    """(export path, info) recorded for this checkpoint, or None (never exported, or the export is gone)."""
+    mpath = manifest_path(cache_dir, tag, file_key, input_shape)
+    try:
+        record = json.loads(mpath.read_text())
+        onnx_path = mpath.parent / str(record["onnx"])
+        info = dict(record["info"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (onnx_path, info) if onnx_path.is_file() else None
+
+
+def write_manifest(cache_dir: str | Path | None, tag: str, file_key: str, onnx_path: str | Path, info: dict,
+                   input_shape: Sequence[int] = ()) -> Path:
+    """Record that ``onnx_path`` is the export of the checkpoint ``file_key`` (written atomically)."""
+    mpath = manifest_path(cache_dir, tag, file_key, input_shape)
+    mpath.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json.tmp", dir=mpath.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"onnx": Path(onnx_path).name, "info": info}, fh)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, mpath)
+    return mpath

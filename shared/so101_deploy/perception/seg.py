@@ -31,6 +31,7 @@ FPN_CHANNELS = 64
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 BACKENDS = ("torch", "onnx")
+ONNX_TAG = "seg_efficientvit_b0_fpn"
 DEVICES = ("cpu", "cuda")
 
 
@@ -196,12 +197,16 @@ class SegModel:
     @classmethod
     def load(cls, checkpoint_path, device="cpu", backend="torch", onnx_cache_dir=None,
              threads=None) -> "SegModel":
-        import torch
-
         if backend not in BACKENDS:
             raise ValueError(f"seg backend must be one of {BACKENDS}, got {backend!r}")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if backend == "onnx" and device == "cpu" and Path(checkpoint_path).is_file():
+            cached = cls._from_manifest(checkpoint_path, onnx_cache_dir, threads)
+            if cached is not None:
+                return cached
+        import torch
+
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device cuda asked for, but torch sees no CUDA GPU")
         if threads and backend == "torch":
@@ -222,11 +227,31 @@ class SegModel:
         if backend == "onnx":
             from so101_deploy.perception.onnx_backend import session_for
 
-            session = session_for(module, (1, 3, *train_hw), "seg_efficientvit_b0_fpn", "pixel_values", "logits",
+            from so101_deploy.perception.onnx_backend import file_digest, write_manifest
+
+            session = session_for(module, (1, 3, *train_hw), ONNX_TAG, "pixel_values", "logits",
                                   cache_dir=onnx_cache_dir, device=device, threads=threads)
+            write_manifest(onnx_cache_dir, ONNX_TAG, file_digest(checkpoint_path), session.path,
+                           {"num_classes": num_classes, "train_hw": list(train_hw)})
         else:
             module.to(device)
         return cls(module, num_classes, train_hw, device, backend, session, str(checkpoint_path))
+
+    @classmethod
+    def _from_manifest(cls, checkpoint_path, onnx_cache_dir, threads) -> "SegModel | None":
+        """The onnx model of this very checkpoint file when it was exported before: no torch, no timm."""
+        from so101_deploy.perception.onnx_backend import OnnxBackendError, OnnxSession, file_digest, read_manifest
+
+        found = read_manifest(onnx_cache_dir, ONNX_TAG, file_digest(checkpoint_path))
+        if found is None:
+            return None
+        onnx_path, info = found
+        try:
+            num_classes, train_hw = int(info["num_classes"]), tuple(int(v) for v in info["train_hw"])
+            session = OnnxSession(onnx_path, (1, 3, *train_hw), "cpu", threads)
+        except (OnnxBackendError, KeyError, TypeError, ValueError):
+            return None  # an unusable cache entry: export again from the checkpoint
+        return cls(None, num_classes, train_hw, "cpu", "onnx", session, str(checkpoint_path))
 
     def preprocess(self, bgr_u8: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 BGR -> (1, 3, h, w) float32 normalised RGB at the training size."""
@@ -302,7 +327,16 @@ MODEL_RUNTIME_SETTINGS = (
     Setting("SO101_ONNX_CACHE", "str", str(Path("~/.cache/so101-deploy/onnx")),
             "folder of the ONNX exports (one per weights and input shape)"),
     Setting("SO101_THREADS", "int", 0, "CPU threads for the model (0: the library's default)", min=0),
+    Setting("SO101_ORT_SPIN", "bool", True, "onnx backend: idle threads spin (onnxruntime's default); false "
+            "lets them sleep, leaving the cores to the other model"),
 )
+
+
+def apply_runtime_settings(settings) -> None:
+    """Process-wide options of the onnx sessions this node will create."""
+    from so101_deploy.perception.onnx_backend import SESSION_DEFAULTS
+
+    SESSION_DEFAULTS["spinning"] = bool(settings["SO101_ORT_SPIN"])
 
 SETTINGS = (
     Setting("SO101_SEG_CHECKPOINT", "str", required=True, doc="the Lightning best.ckpt of training"),
@@ -325,6 +359,7 @@ def seg_model_from_settings(settings) -> SegModel:
     path = settings["SO101_SEG_CHECKPOINT"]
     device = settings["SO101_DEVICE"]
     check_device_setting(settings, device)
+    apply_runtime_settings(settings)
     try:
         return SegModel.load(path, device=device, backend=settings["SO101_SEG_BACKEND"],
                              onnx_cache_dir=settings["SO101_ONNX_CACHE"], threads=settings["SO101_THREADS"] or None)

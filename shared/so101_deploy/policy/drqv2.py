@@ -36,54 +36,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from so101_deploy.core.messages import ACTION_SPACES, OBS_FRAMES, OBS_SIZE, PROPRIO_DIM
-from so101_deploy.core.settings import Setting, SettingError
-from so101_deploy.policy.safe_load import (LEGACY_NOTE, LEGACY_TRUST_ENV, TRUST_SHA256_ENV, CheckpointError,
-                                           TrustMismatchError, legacy_trust_in, load_checkpoint, parse_sha256)
+from so101_deploy.core.messages import OBS_FRAMES, OBS_SIZE
+# the node's settings and logic live in the torch-free policy.runtime; re-exported here for callers of old
+from so101_deploy.policy.runtime import SETTINGS, PolicyNode, policy_runner_from_settings  # noqa: F401
+from so101_deploy.policy.runtime import (ACT, ONNX_TAG, DrQV2Spec, check_policy_inputs, checked_action,
+                                         onnx_policy_session, spec_to_info)
+from so101_deploy.policy.safe_load import CheckpointError, TrustMismatchError, load_checkpoint  # noqa: F401
 
 ENC = "encoder.convs_per_cam.0."
-ACT = "actor.actor_model."
-ACTION_SPACE_BY_DIM = {v: k for k, v in ACTION_SPACES.items()}
 _log = logging.getLogger(__name__)
 
 
 # --- architecture ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DrQV2Spec:
-    """The sizes of a DrQ-v2 encoder + actor (defaults: the pick-101 seg+depth run)."""
-
-    frames: int = OBS_FRAMES
-    channels_per_frame: int = 2
-    image_size: int = OBS_SIZE
-    conv_channels: int = 32
-    n_convs: int = 4
-    state_dim: int = PROPRIO_DIM  # per frame
-    feature_dim: int = 50
-    hidden: tuple[int, ...] = (256, 256)
-    action_dim: int = 4
-
-    @property
-    def in_channels(self) -> int:
-        return self.frames * self.channels_per_frame
-
-    @property
-    def conv_out_size(self) -> int:
-        s = (self.image_size - 3) // 2 + 1  # first conv: k3 s2 p0
-        return s - 2 * (self.n_convs - 1)  # then k3 s1 p0
-
-    @property
-    def repr_dim(self) -> int:
-        return self.conv_channels * self.conv_out_size ** 2
-
-    @property
-    def action_space(self) -> str:
-        try:
-            return ACTION_SPACE_BY_DIM[self.action_dim]
-        except KeyError:
-            raise CheckpointError(f"action dimension {self.action_dim} (from {ACT}out_mlp.0.weight) is neither "
-                                  f"4 (cartesian) nor 6 (joint_delta)") from None
 
 
 class _Encoder(nn.Module):
@@ -298,7 +262,7 @@ def load_policy(path: str | Path, *, trusted_sha256: str | None = None,
 class PolicyRunner:
     """Runs the actor on one observation: ``act(rgb (3,2,84,84) float32 0-255, low_dim (3,18))``."""
 
-    def __init__(self, model, device: str = "cpu", backend: str = "torch"):
+    def __init__(self, model, device: str = "cpu", backend: str = "torch", onnx_path: str | Path | None = None):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"policy backend {backend!r}: expected 'torch' or 'onnx'")
         if device.startswith("cuda") and backend == "torch" and not torch.cuda.is_available():
@@ -310,15 +274,28 @@ class PolicyRunner:
         self._ort = None
         if backend == "onnx":  # exported from the CPU weights; runs on the device's execution provider
             self.model = model.cpu().eval()
-            self._ort = _onnx_session(self.model, self.spec, device)
+            self._ort = onnx_policy_session(onnx_path, device) if onnx_path is not None else \
+                _onnx_session(self.model, self.spec, device)
         else:
             self.model = model.to(device).eval()
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu", backend: str = "torch",
-             trusted_sha256: str | None = None, legacy_trust_set: bool = False) -> "PolicyRunner":
+             trusted_sha256: str | None = None, legacy_trust_set: bool = False,
+             onnx_cache_dir: str | Path | None = None) -> "PolicyRunner":
+        """``onnx_cache_dir``: with the onnx backend, keep the export there with a manifest naming the
+        checkpoint file's sha256, so the next start runs it without torch (policy.runtime)."""
         loaded = load_policy(path, trusted_sha256=trusted_sha256, legacy_trust_set=legacy_trust_set)
-        runner = cls(loaded.model, device=device, backend=backend)
+        onnx_path = None
+        if backend == "onnx" and onnx_cache_dir is not None:
+            from so101_deploy.perception.onnx_backend import cache_path, file_digest, write_manifest
+
+            key = file_digest(path)
+            s = loaded.spec
+            onnx_path = _export_onnx_file(loaded.model.cpu().eval(), s, cache_path(
+                onnx_cache_dir, ONNX_TAG, key, (s.frames, s.channels_per_frame, s.image_size, s.image_size)))
+            write_manifest(onnx_cache_dir, ONNX_TAG, key, onnx_path, spec_to_info(s, loaded.format))
+        runner = cls(loaded.model, device=device, backend=backend, onnx_path=onnx_path)
         runner.loaded = loaded
         return runner
 
@@ -333,39 +310,19 @@ class PolicyRunner:
 
     def act(self, rgb_f32: np.ndarray, low_dim: np.ndarray) -> tuple[np.ndarray, str]:
         """The eval action (tanh of the mean) as float32 (action_dim,), and its action space."""
-        rgb = np.asarray(rgb_f32)
-        low = np.asarray(low_dim)
-        if rgb.shape != self.rgb_shape:
-            raise ValueError(f"policy input rgb: expected shape {self.rgb_shape} (frames, seg+disparity, H, W) "
-                             f"raw 0-255, got {rgb.shape}")
-        if low.shape != self.low_dim_shape:
-            raise ValueError(f"policy input low_dim_state: expected shape {self.low_dim_shape}, got {low.shape}")
-        if not (np.isfinite(rgb).all() and np.isfinite(low).all()):
-            raise ValueError("policy input: expected finite values, got NaN/inf")
-        if rgb.size and (rgb.min() < 0 or rgb.max() > 255):
-            raise ValueError(f"policy input rgb: expected raw values in [0, 255] (the encoder does x/255 - 0.5), "
-                             f"got [{rgb.min()}, {rgb.max()}]")
-        rgb = np.array(rgb, np.float32)[None]  # a writable copy: decoded messages are read-only views
-        low = np.array(low, np.float32)[None]
+        rgb, low = check_policy_inputs(rgb_f32, low_dim, self.rgb_shape, self.low_dim_shape)
         if self._ort is not None:
             out = self._ort.run(None, {"rgb": rgb, "low_dim_state": low})[0]
         else:
             with torch.inference_mode():
                 out = self.model(torch.from_numpy(rgb).to(self.device),
                                  torch.from_numpy(low).to(self.device)).cpu().numpy()
-        action = np.asarray(out, np.float32).reshape(self.spec.action_dim)
-        if not np.isfinite(action).all():
-            raise ValueError(f"policy produced a non-finite action {action}")
-        return np.clip(action, -1.0, 1.0), self.action_space
+        return checked_action(out, self.spec.action_dim), self.action_space
 
 
-def _onnx_session(model, spec: DrQV2Spec, device: str):
+def _onnx_bytes(model, spec: DrQV2Spec) -> bytes:
     import io
     import warnings
-
-    import onnxruntime as ort
-
-    from so101_deploy.perception.onnx_backend import _providers
 
     rgb = torch.zeros(1, spec.frames, spec.channels_per_frame, spec.image_size, spec.image_size)
     low = torch.zeros(1, spec.frames, spec.state_dim)
@@ -374,79 +331,38 @@ def _onnx_session(model, spec: DrQV2Spec, device: str):
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (rgb, low), buf, input_names=["rgb", "low_dim_state"], output_names=["action"],
                           opset_version=17, dynamo=False)
-    # fails when cuda is asked for and onnxruntime has no CUDA provider, instead of running on the CPU unasked
-    return ort.InferenceSession(buf.getvalue(), providers=_providers(device))
+    return buf.getvalue()
+
+
+def _onnx_session(model, spec: DrQV2Spec, device: str):
+    return onnx_policy_session_from_bytes(_onnx_bytes(model, spec), device)
+
+
+def onnx_policy_session_from_bytes(data: bytes, device: str):
+    import onnxruntime as ort
+
+    from so101_deploy.perception.onnx_backend import _providers
+
+    return ort.InferenceSession(data, providers=_providers(device))
+
+
+def _export_onnx_file(model, spec: DrQV2Spec, path: Path) -> Path:
+    """The actor's export at ``path`` (written atomically; an existing file is the same export)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(_onnx_bytes(model, spec))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
 
 
 # --- the node's logic -----------------------------------------------------------------------------
 
 
-class PolicyNode:
-    """observation message -> action message (same frame_id and stamp_ns, ``action_space`` metadata)."""
-
-    def __init__(self, runner: PolicyRunner):
-        self.runner = runner
-
-    def handle(self, msg):
-        import time
-
-        from so101_deploy.core.messages import encode, split_observation
-
-        rgb, low_dim = split_observation(msg.data)
-        t0 = time.perf_counter()
-        action, space = self.runner.act(rgb, low_dim)
-        latency_ms = (time.perf_counter() - t0) * 1e3
-        return encode("action", action, frame_id=msg.frame_id, stamp_ns=msg.stamp_ns, action_space=space,
-                      latency_ms=round(latency_ms, 3))
-
-
-@dataclass(frozen=True)
-class _Sha256Setting(Setting):
-    """A str setting that must be a sha256 (64 hex digits); parsed to lowercase."""
-
-    def parse(self, node: str, raw: str | None) -> Any:
-        v = super().parse(node, raw)
-        if v is None:
-            return None
-        try:
-            return parse_sha256(v)
-        except ValueError:
-            raise SettingError(f"{node}: {self.key}={v!r} must be the sha256 of the checkpoint file, 64 hex digits "
-                               f"(as sha256sum prints)") from None
-
-
-SETTINGS = (
-    Setting("SO101_POLICY_CHECKPOINT", "str", required=True,
-            doc="a training snapshot (*_snapshot.pt) or the hand-off's {encoder, actor} file"),
-    Setting("SO101_POLICY_BACKEND", "choice", "torch", "torch, or onnxruntime on an export of the same weights",
-            choices=("torch", "onnx")),
-    Setting("SO101_DEVICE", "choice", "cpu", "where the policy runs", choices=("cpu", "cuda")),
-    _Sha256Setting(TRUST_SHA256_ENV, "str", None,
-                   "the sha256 of SO101_POLICY_CHECKPOINT to load it as a full pickle (runs code in it): only for "
-                   "a file you made or trust; any other file is refused"),
-)
-
-
-def policy_runner_from_settings(settings) -> PolicyRunner:
-    """The policy from the node's settings (:data:`SETTINGS`); any failure names the setting and the file."""
-    path = settings["SO101_POLICY_CHECKPOINT"]
-    backend = settings["SO101_POLICY_BACKEND"]
-    device = settings["SO101_DEVICE"]
-    trusted_sha256 = settings[TRUST_SHA256_ENV]
-    # the retired blanket switch (a shell export, or a YAML entry: both reach the node's env) enables nothing
-    legacy = settings.is_set(LEGACY_TRUST_ENV) or legacy_trust_in()
-    if legacy:
-        _log.warning(f"{LEGACY_NOTE} It is ignored.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SettingError(f"{settings.node}: SO101_DEVICE=cuda but torch sees no CUDA GPU")
-    try:
-        return PolicyRunner.load(path, device=device, backend=backend, trusted_sha256=trusted_sha256,
-                                 legacy_trust_set=legacy)
-    except TrustMismatchError as e:
-        raise SettingError(f"{settings.node}: {TRUST_SHA256_ENV}={e.expected} does not match SO101_POLICY_CHECKPOINT="
-                           f"{path}, whose sha256 is {e.actual}: refused, nothing in it was unpickled. If this "
-                           f"file is one you trust, set '{TRUST_SHA256_ENV}: {e.actual}'.") from None
-    except CheckpointError as e:
-        raise SettingError(f"{settings.node}: SO101_POLICY_CHECKPOINT={path}: {e}") from None
-    except (RuntimeError, ValueError) as e:  # backend/device problems (e.g. no CUDA provider for onnx)
-        raise SettingError(f"{settings.node}: SO101_POLICY_BACKEND={backend} SO101_DEVICE={device}: {e}") from None

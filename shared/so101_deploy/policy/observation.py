@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections import deque
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import cv2
 import numpy as np
 
+from so101_deploy.core import trace
 from so101_deploy.core.messages import OBS_FRAMES, OBS_SIZE, PROPRIO_DIM, Message, join_observation
 from so101_deploy.core.settings import Setting
 from so101_deploy.policy.proprio import VELOCITY_SOURCES
@@ -153,6 +154,7 @@ class Observation:
     low_dim_state: np.ndarray  # (3, 18) float32
     frame_id: int
     stamp_ns: int
+    stamps: Mapping[str, int] = field(default_factory=dict)  # the mask's and disparity's timeline stamps
 
     @property
     def flat(self) -> np.ndarray:
@@ -251,8 +253,11 @@ class ObservationBuilder:
         for old in [k for k in self._pending if k < fid]:
             self.counters.unmatched += self._halves(self._pending.pop(old))
         self._last_frame_id, self._last_stamp_ns = fid, pending.mask.stamp_ns
-        return self.build(pending.mask.data, pending.disparity.data, pending.mask.meta.get("classes", "real6"),
-                          fid, pending.mask.stamp_ns)
+        obs = self.build(pending.mask.data, pending.disparity.data, pending.mask.meta.get("classes", "real6"),
+                         fid, pending.mask.stamp_ns)
+        if obs is not None:
+            obs.stamps = trace.merged(pending.mask.meta, pending.disparity.meta)
+        return obs
 
     @staticmethod
     def _halves(p: _Pending) -> int:
@@ -296,7 +301,8 @@ class ObservationNode:
             return None
         from so101_deploy.core.messages import encode
 
-        return encode("observation", obs.flat, frame_id=obs.frame_id, stamp_ns=obs.stamp_ns, **self.builder.meta())
+        return encode("observation", obs.flat, frame_id=obs.frame_id, stamp_ns=obs.stamp_ns, **self.builder.meta(),
+                      **obs.stamps)
 
     def on_mask(self, msg: Message):
         return self._encode(self.builder.add_mask(msg))

@@ -33,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from so101_deploy.core.dataflow import DataflowError, add_flows_argument, flow_file, node_script, prepare, run_dataflow
+from so101_deploy.core.dataflow import (DataflowError, SessionMemory, add_flows_argument, flow_file, node_script,
+                                        prepare, run_dataflow)
 from so101_deploy.tools.perception_bench import time_call
 
 CAMERA_FPS = 30.0  # dataflow.yml's SO101_CAMERA_FPS; the generated video plays at this rate
+HANDOFF_DEPTH_SIZE = 518  # Depth Anything V2's own input size, as the hand-off runs it
 
 
 def _frames(n: int = 8) -> list[np.ndarray]:
@@ -155,7 +157,8 @@ def bench_handoff(models: dict[str, Path], device: str, threads: int | None, ite
 def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: Path,
                 seg_backend: str, depth_backend: str, depth_size: int,
                 bus_log: Path | None = None, flows: str | Path | None = None,
-                until_torque_s: float | None = None) -> dict[str, Any]:
+                until_torque_s: float | None = None,
+                node_env: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """Run ``dataflow.yml`` itself with the generated video as camera and the software bus as arm;
     ``bus_log`` keeps every register write the servo node made (the integration tests read it).
     ``until_torque_s``: stop that long after the servo node first enabled torque (needs ``bus_log``),
@@ -189,18 +192,25 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
                       "SO101_DEPTH_INPUT_SIZE": str(depth_size), "SO101_DEPTH_FP16": str(device == "cuda").lower(),
                       "SO101_DEVICE": device, "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"), **depth_threads},
             "policy": {"SO101_POLICY_CHECKPOINT": str(models["policy"]), "SO101_DEVICE": device,
+                       "SO101_ONNX_CACHE": str(out_dir.parent / "onnx"),
                        "SO101_POLICY_BACKEND": "onnx" if device == "cpu" else "torch"},
             "controller": {"SO101_CALIBRATION": str(calibration)},
             "servo": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(calibration)},
             "estop": {"SO101_ESTOP_FILE": str(out_dir / "so101.estop")},  # never a stray /tmp file
         }
+        for node_id, values in (node_env or {}).items():  # --graph-env: settings to compare
+            env.setdefault(node_id, {}).update(values)
+        # joint_state: the servo's write of each goal (the end of a frame's timeline); only the newest matters
         monitor = {"id": "monitor", "path": str(monitor_script),
                    "env": {"SO101_MONITOR_DIR": str(out_dir / "monitor")},
-                   "inputs": {"goal": "controller/goal", "action": "policy/action"}}
+                   "inputs": {"goal": "controller/goal", "action": "policy/action",
+                              "joint_state": {"source": "servo/joint_state", "queue_size": 1}}}
         flow = prepare(src, out_dir / "dataflow.bench.yml", env=env, extra_nodes=[monitor])
         until = (lambda log: _torque_enabled(bus_log)) if until_torque_s is not None else None
+        memory = SessionMemory()
+        launched_unix_s = time.time()
         res = run_dataflow(flow, seconds, log_path=out_dir / "dora.log", grace_s=120, until=until,
-                           linger_s=until_torque_s or 0.0)
+                           linger_s=until_torque_s or 0.0, memory=memory)
     finally:
         os.killpg(bus.pid, signal.SIGTERM)
         bus.wait(timeout=10)
@@ -211,8 +221,19 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
     # a goal carries the frame id of the camera frame it was computed from; count new frames only
     # control rate = how often a goal computed from a NEW camera frame reaches the arm (held or
     # repeated goals between frames do not count); measured from the first to the last such goal
+    first = rep.get("first_goal_unix_s")
+    peak = memory.stop()
+    model_nodes = {"seg", "depth", "policy"}
     return {"returncode": res.returncode, "seconds": seconds, "report": rep,
-            "control_rate_hz": round(rep["new_frame_goal_rate_hz"], 3)}
+            "control_rate_hz": round(rep["new_frame_goal_rate_hz"], 3),
+            "depth_size": depth_size,
+            # dora run -> the first goal reaching the monitor (model loading, ONNX sessions, first frames)
+            "startup_s": round(first - launched_unix_s, 2) if first is not None else None,
+            "peak_rss_mb": peak,
+            "peak_rss_mb_total": round(sum(v for k, v in peak.items() if k != "monitor"), 1),
+            "peak_rss_mb_max_lean": max((v for k, v in peak.items() if k not in model_nodes | {"monitor"}),
+                                        default=None),
+            "timeline_ms": rep.get("timeline_ms") or {}}
 
 
 def _torque_enabled(bus_log: Path) -> bool:
@@ -235,8 +256,47 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth-backend", choices=("torch", "onnx"), default=None)
     p.add_argument("--depth-size", type=int, default=None, help="depth input size in the graph (default: 266 on "
                                                                     "CPU, 518 on CUDA)")
-    p.add_argument("--skip", action="append", default=[], choices=("stages", "handoff", "graph"))
+    p.add_argument("--skip", action="append", default=[], choices=("stages", "handoff", "graph", "same-size"),
+                   help="same-size: the second graph run at the hand-off's depth size 518 (CPU only)")
+    p.add_argument("--int8-depth", action="store_true",
+                   help="also quantize depth to static int8 (quantize-depth, on generated frames) and run the graph "
+                        "with it, when it agrees with fp32")
+    p.add_argument("--graph-env", action="append", default=[], metavar="NODE:KEY=VALUE",
+                   help="a setting for one node of the benchmarked graph (repeatable), e.g. depth:SO101_THREADS=2")
     add_flows_argument(p)
+
+
+def bench_int8_graph(models: dict[str, Path], args: argparse.Namespace, out: Path, seg_backend: str,
+                     depth_size: int, node_env: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """quantize-depth on generated frames, then the graph with SO101_DEPTH_INT8=true if it was accepted."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from so101_deploy.sim.synthetic import write_image_folder  # noqa: PLC0415
+    from so101_deploy.tools.quantize import QuantizationRejected, quantize_depth, read_frames  # noqa: PLC0415
+
+    print("[bench] quantizing depth to static int8 ...", flush=True)
+    write_image_folder(out / "int8_frames", frames=12, seed=5)
+    frames = read_frames(out / "int8_frames")
+    try:
+        report = asdict(quantize_depth(models["depth"], frames, depth_size, out / "onnx", threads=2))
+    except QuantizationRejected as e:
+        return {"int8_quantization": {"accepted": False, "reason": str(e)}}
+    env = {**node_env, "depth": {**node_env.get("depth", {}), "SO101_DEPTH_INT8": "true"}}
+    print(f"[bench] dataflow.yml with int8 depth for {args.seconds:.0f} s ...", flush=True)
+    graph = bench_graph(models, "cpu", args.seconds, out / "graph_int8", seg_backend, "onnx", depth_size,
+                        flows=args.flows, node_env=env)
+    return {"int8_quantization": report, "graph_int8": graph}
+
+
+def parse_graph_env(items: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        node_id, sep, kv = item.partition(":")
+        key, eq, value = kv.partition("=")
+        if not sep or not eq or not node_id or not key.startswith("SO101_"):
+            raise ValueError(f"--graph-env {item!r}: expected NODE:SO101_KEY=VALUE, e.g. depth:SO101_THREADS=2")
+        out.setdefault(node_id, {})[key] = value
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -246,6 +306,11 @@ def run(args: argparse.Namespace) -> int:
         except DataflowError as e:
             print(f"bench: error: {e}")
             return 2
+    try:
+        node_env = parse_graph_env(args.graph_env)
+    except ValueError as e:
+        print(f"bench: error: {e}")
+        return 2
     import torch  # noqa: PLC0415
 
     out = Path(args.out).resolve()
@@ -262,8 +327,9 @@ def run(args: argparse.Namespace) -> int:
                                           "processor": platform.processor() or platform.machine(),
                                           "torch": torch.__version__, "device": args.device,
                                           "gpu": torch.cuda.get_device_name(0) if not cpu else None},
+                              "command": "so101-deploy bench " + " ".join(sys.argv[2:] if len(sys.argv) > 1 else []),
                               "graph_settings": {"seg_backend": seg_backend, "depth_backend": depth_backend,
-                                                 "depth_size": depth_size}}
+                                                 "depth_size": depth_size, "node_env": node_env}}
     if "stages" not in args.skip:
         print("[bench] stages ...", flush=True)
         result["stages"] = bench_stages(models, args.device, threads, args.runs, out / "onnx")
@@ -274,10 +340,21 @@ def run(args: argparse.Namespace) -> int:
     if "graph" not in args.skip:
         print(f"[bench] dataflow.yml for {args.seconds:.0f} s ...", flush=True)
         result["graph"] = bench_graph(models, args.device, args.seconds, out / "graph", seg_backend,
-                                      depth_backend, depth_size, flows=args.flows)
+                                      depth_backend, depth_size, flows=args.flows, node_env=node_env)
         print(f"[bench] graph: {result['graph']['control_rate_hz']} Hz", flush=True)
-    if "handoff" in result and "graph" in result and result["handoff"]["rate_hz"] > 0:
-        result["speedup_vs_handoff"] = round(result["graph"]["control_rate_hz"] / result["handoff"]["rate_hz"], 2)
+        if depth_size != HANDOFF_DEPTH_SIZE and "same-size" not in args.skip:
+            # the same graph at the hand-off's own depth size: the speed-up that is not the smaller input
+            print(f"[bench] dataflow.yml with depth at {HANDOFF_DEPTH_SIZE} for {args.seconds:.0f} s ...", flush=True)
+            result["graph_same_size"] = bench_graph(models, args.device, args.seconds, out / "graph_518", seg_backend,
+                                                    depth_backend, HANDOFF_DEPTH_SIZE, flows=args.flows,
+                                                    node_env=node_env)
+    if args.int8_depth and args.device == "cpu" and "graph" not in args.skip:
+        result.update(bench_int8_graph(models, args, out, seg_backend, depth_size, node_env))
+    if "handoff" in result and result["handoff"]["rate_hz"] > 0:
+        for key, ratio in (("graph", "speedup_vs_handoff"), ("graph_same_size", "speedup_same_size_vs_handoff"),
+                           ("graph_int8", "speedup_int8_vs_handoff")):
+            if key in result:
+                result[ratio] = round(result[key]["control_rate_hz"] / result["handoff"]["rate_hz"], 2)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     (out / "bench.md").write_text(render_markdown(result))
     print(render_markdown(result))
@@ -288,6 +365,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"# so101-deploy bench ({m['device']}{', ' + m['gpu'] if m.get('gpu') else ''}; "
              f"{m['cpu_count']} CPUs; torch {m['torch']})", ""]
+    if r.get("command"):
+        lines += [f"Made with `{r['command'].strip()}`; graph settings {r['graph_settings']}.", ""]
     st = r.get("stages")
     if st:
         lines += ["| stage | backend | input | p50 ms | min ms |", "|---|---|---|---|---|"]
@@ -314,10 +393,44 @@ def render_markdown(r: dict[str, Any]) -> str:
                      f"{gs['depth_size']}): **{g['control_rate_hz']} Hz** of goals from new camera frames; "
                      f"capture-to-goal latency p50 {lat.get('p50', float('nan')):.0f} ms, p90 "
                      f"{lat.get('p90', float('nan')):.0f} ms")
+    if "graph_same_size" in r:
+        g = r["graph_same_size"]
+        lat = g["report"].get("new_frame_latency_ms") or {}
+        lines.append(f"- the same graph with depth at {g['depth_size']} (the hand-off's size): **{g['control_rate_hz']} Hz**; "
+                     f"capture-to-goal p50 {lat.get('p50', float('nan')):.0f} ms, p90 {lat.get('p90', float('nan')):.0f} ms; "
+                     f"**{r.get('speedup_same_size_vs_handoff', 'n/a')}x** the hand-off pipeline")
     if "speedup_vs_handoff" in r:
         note = ""
         if "graph" in r and r["graph"]["control_rate_hz"] >= 0.9 * CAMERA_FPS:
             note = (f" (the graph runs at the camera's {CAMERA_FPS:.0f} fps, its ceiling; the hand-off loop "
                     f"was timed in-process without a camera)")
         lines.append(f"- speed-up over the hand-off pipeline: **{r['speedup_vs_handoff']}x**{note}")
+    q = r.get("int8_quantization")
+    if q:
+        if q.get("accepted"):
+            g = r["graph_int8"]
+            lat = g["report"].get("new_frame_latency_ms") or {}
+            lines.append(f"- with static int8 depth (`quantize-depth`: its 84x84 disparity observation correlates "
+                         f"{q['correlation_min']} (worst of {q['check_frames']} held-out frames) with fp32's; "
+                         f"{q['int8_ms']} ms vs {q['fp32_ms']} ms per frame alone): **{g['control_rate_hz']} Hz**, "
+                         f"capture-to-goal p50 {lat.get('p50', float('nan')):.0f} ms, p90 "
+                         f"{lat.get('p90', float('nan')):.0f} ms; **{r.get('speedup_int8_vs_handoff', 'n/a')}x**")
+        else:
+            lines.append(f"- static int8 depth: {q['reason']}")
+    for key, label in (("graph", ""), ("graph_same_size", " (the hand-off's size)"), ("graph_int8", ", int8")):
+        if key in r:
+            lines += graph_details(r[key], label)
     return "\n".join(lines) + "\n"
+
+
+def graph_details(g: dict[str, Any], label: str = "") -> list[str]:
+    """Start-up, memory per node and the timeline of one frame, for one graph run."""
+    from so101_deploy.tools.monitor import timeline_table  # noqa: PLC0415
+
+    lines = ["", f"### Graph run, depth at {g['depth_size']}{label}", "",
+             f"- start-up, `dora run` -> first goal: {g['startup_s']} s",
+             f"- peak resident memory: {g['peak_rss_mb_total']} MB for the graph (monitor excluded); largest node "
+             f"without a model: {g['peak_rss_mb_max_lean']} MB", "",
+             "| node | peak RSS MB |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in g["peak_rss_mb"].items()]
+    return lines + timeline_table(g.get("timeline_ms") or {})

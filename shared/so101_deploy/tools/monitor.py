@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from so101_deploy.core import trace
 from so101_deploy.core.messages import Message
 from so101_deploy.core.settings import Setting
 
@@ -99,6 +100,10 @@ class Monitor:
     _first_row: np.ndarray | None = None
     _last_row: np.ndarray | None = None
     rows_written: int = 0
+    # per new camera frame that reached the arm: its timeline stamps (see so101_deploy.core.trace),
+    # relative to the capture, in ms; the servo's write of that goal is added from its joint_state
+    timelines: "OrderedDict[int, dict[str, float]]" = field(default_factory=OrderedDict)
+    keep_timelines: int = 10000
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -130,6 +135,9 @@ class Monitor:
 
     def on_joint_state(self, msg: Message) -> None:
         self.counts["joint_state"] += 1
+        line = self.timelines.get(int(msg.meta.get("goal_frame_id", -1)))
+        if line is not None and "servo_write" not in line and "t_servo_write_ns" in msg.meta:
+            line["servo_write"] = (int(msg.meta["t_servo_write_ns"]) - line.pop("_capture_ns")) / 1e6
         finished = msg.meta.get("previous_episode_success")  # the simulator's first state after a reset
         if finished is not None:
             self.episodes["success" if int(finished) else "failure"] += 1
@@ -143,6 +151,10 @@ class Monitor:
             self.new_frame_goal_s.append(now_ns / 1e9)
             self.new_frame_latencies_ms.append((now_ns - msg.stamp_ns) / 1e6)
             self._max_goal_frame = msg.frame_id
+            line = {k[len(trace.PREFIX):-3]: (v - msg.stamp_ns) / 1e6 for k, v in trace.stamps(msg.meta).items()}
+            self.timelines[msg.frame_id] = {**line, "_capture_ns": msg.stamp_ns}
+            while len(self.timelines) > self.keep_timelines:
+                self.timelines.popitem(last=False)
         self.goal_frame_ids.append(msg.frame_id)
         goal = np.asarray(msg.data, np.float64)
         if self.limits is not None and not self.limits.contains(goal, tol_rad=1e-9):
@@ -201,7 +213,17 @@ class Monitor:
             "episodes": dict(self.episodes),
             "goal_frame_ids_nondecreasing": all(b >= a for a, b in zip(ids, ids[1:])),
             "distinct_goal_frame_ids": len(set(ids)),
+            "first_goal_unix_s": self.goal_times_s[0] if self.goal_times_s else None,
+            "timeline_ms": self.timeline(),
         }
+
+    def timeline(self) -> dict[str, dict[str, float]]:
+        """One frame's way from capture to the servo write: per stamp, the p50/p90 ms after capture over
+        the new frames that reached the arm (the first ones skipped: warm-up), in the order of the p50."""
+        lines = list(self.timelines.values())[3:]
+        keys = {k for line in lines for k in line if not k.startswith("_")}
+        out = {k: _percentiles([line[k] for line in lines if k in line]) for k in keys}
+        return dict(sorted(((k, v) for k, v in out.items() if v is not None), key=lambda kv: kv[1]["p50"]))
 
     def close(self) -> dict[str, Any]:
         if self._writer is not None:
@@ -241,4 +263,18 @@ def render_markdown(rep: dict[str, Any]) -> str:
         f"- goal frame ids in order: {rep['goal_frame_ids_nondecreasing']} "
         f"({rep['distinct_goal_frame_ids']} distinct camera frames reached the arm)",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + timeline_table(rep.get("timeline_ms") or {})) + "\n"
+
+
+def timeline_table(timeline: dict[str, dict[str, float]]) -> list[str]:
+    """The per-stage timeline of one frame as Markdown: each stamp's ms after capture and the step from
+    the stamp before it (``<node>_in``: the node received it; ``<node>_out``: it sent its result)."""
+    if not timeline:
+        return []
+    out = ["", "Timeline of one frame, capture = 0 (p50 over the frames that reached the arm):", "",
+           "| stamp | ms after capture p50 | p90 | step from the previous p50 |", "|---|---|---|---|"]
+    prev = 0.0
+    for key, p in timeline.items():
+        out.append(f"| {key} | {p['p50']:.1f} | {p['p90']:.1f} | {p['p50'] - prev:+.1f} |")
+        prev = p["p50"]
+    return out
