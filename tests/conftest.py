@@ -116,3 +116,16 @@ def stop_group(proc) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+class StandInNode:
+    """A stand-in for ``dora.Node``: yields the given events, keeps what is sent as (output, value, metadata)."""
+
+    def __init__(self, events):
+        self.events, self.sent = events, []
+
+    def __iter__(self):
+        return iter(self.events)
+
+    def send_output(self, output_id, value, metadata=None):
+        self.sent.append((output_id, value, metadata))

@@ -9,6 +9,8 @@ import pytest
 from so101_deploy.core.node import RAW, FatalError, Handlers, NodeSpec, run_node
 from so101_deploy.core.settings import Setting
 
+from conftest import StandInNode as Events  # a stand-in dora node
+
 NODES = sorted((Path(__file__).resolve().parent.parent / "nodes").glob("*/main.py"))
 
 
@@ -62,19 +64,6 @@ def test_a_bad_setting_is_one_line_and_exit_2(script: Path, capsys):
     assert rc == 2
     assert len(err) == 1, err
     assert err[0].startswith(f"[{module.SPEC.name}] error: {module.SPEC.name}: ") and target.key in err[0], err[0]
-
-
-class Events:
-    """A stand-in dora node: yields the given events, keeps what is sent."""
-
-    def __init__(self, events):
-        self.events, self.sent = events, []
-
-    def __iter__(self):
-        return iter(self.events)
-
-    def send_output(self, output_id, value, metadata=None):
-        self.sent.append((output_id, value, metadata))
 
 
 def test_the_loop_counts_rejects_survives_errors_and_always_stops(capsys):

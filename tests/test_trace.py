@@ -8,18 +8,7 @@ from so101_deploy.core.messages import decode, encode
 from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
 from so101_deploy.tools.monitor import Monitor, render_markdown
 
-
-class Events:
-    """A stand-in dora node: yields the given events, keeps what is sent."""
-
-    def __init__(self, events):
-        self.events, self.sent = events, []
-
-    def __iter__(self):
-        return iter(self.events)
-
-    def send_output(self, output_id, value, metadata=None):
-        self.sent.append((output_id, value, metadata))
+from conftest import StandInNode as Events  # a stand-in dora node
 
 
 def _event(input_id, name, data, **meta):

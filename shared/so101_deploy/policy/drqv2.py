@@ -299,18 +299,9 @@ class PolicyRunner:
         runner.loaded = loaded
         return runner
 
-    @property
-    def rgb_shape(self) -> tuple[int, ...]:
-        s = self.spec
-        return (s.frames, s.channels_per_frame, s.image_size, s.image_size)
-
-    @property
-    def low_dim_shape(self) -> tuple[int, ...]:
-        return (self.spec.frames, self.spec.state_dim)
-
     def act(self, rgb_f32: np.ndarray, low_dim: np.ndarray) -> tuple[np.ndarray, str]:
         """The eval action (tanh of the mean) as float32 (action_dim,), and its action space."""
-        rgb, low = check_policy_inputs(rgb_f32, low_dim, self.rgb_shape, self.low_dim_shape)
+        rgb, low = check_policy_inputs(rgb_f32, low_dim, self.spec)
         if self._ort is not None:
             out = self._ort.run(None, {"rgb": rgb, "low_dim_state": low})[0]
         else:

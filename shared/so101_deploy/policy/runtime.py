@@ -63,8 +63,10 @@ class DrQV2Spec:
                                   f"4 (cartesian) nor 6 (joint_delta)") from None
 
 
-def check_policy_inputs(rgb: Any, low: Any, rgb_shape: tuple[int, ...], low_shape: tuple[int, ...]):
+def check_policy_inputs(rgb: Any, low: Any, spec: DrQV2Spec):
     """The observation as the actor takes it, checked: (1, *rgb_shape) and (1, *low_shape) float32 copies."""
+    rgb_shape = (spec.frames, spec.channels_per_frame, spec.image_size, spec.image_size)
+    low_shape = (spec.frames, spec.state_dim)
     rgb, low = np.asarray(rgb), np.asarray(low)
     if rgb.shape != rgb_shape:
         raise ValueError(f"policy input rgb: expected shape {rgb_shape} (frames, seg+disparity, H, W) "
@@ -128,17 +130,8 @@ class OnnxPolicyRunner:
             return None
         return cls(session, spec, str(info.get("format", "?")), str(path))
 
-    @property
-    def rgb_shape(self) -> tuple[int, ...]:
-        s = self.spec
-        return (s.frames, s.channels_per_frame, s.image_size, s.image_size)
-
-    @property
-    def low_dim_shape(self) -> tuple[int, ...]:
-        return (self.spec.frames, self.spec.state_dim)
-
     def act(self, rgb_f32: np.ndarray, low_dim: np.ndarray) -> tuple[np.ndarray, str]:
-        rgb, low = check_policy_inputs(rgb_f32, low_dim, self.rgb_shape, self.low_dim_shape)
+        rgb, low = check_policy_inputs(rgb_f32, low_dim, self.spec)
         out = self._ort.run(None, {"rgb": rgb, "low_dim_state": low})[0]
         return checked_action(out, self.spec.action_dim), self.action_space
 
