@@ -133,6 +133,19 @@ def test_jpeg_effect_on_the_observation_is_measured_per_quality(fixture_weights)
         assert 0.0 <= row["models"]["seg_equal_84"] <= 1.0 and -1.0 <= row["models"]["disp_corr_84"] <= 1.0
 
 
+def test_action_age_gate_drops_old_actions_and_says_so_once():
+    from so101_deploy.arm.controller import ActionAgeGate
+
+    assert ActionAgeGate(0.0).check(0, 10**12, 1) == (True, None)  # off
+    gate = ActionAgeGate(1.0)
+    assert gate.check(stamp_ns=0, now_ns=900_000_000, frame_id=1) == (True, None)
+    use, line = gate.check(stamp_ns=0, now_ns=2_500_000_000, frame_id=2)
+    assert not use and "frame 2 was captured 2.50 s ago (> SO101_MAX_ACTION_AGE_S=1)" in line
+    assert gate.check(stamp_ns=0, now_ns=3_000_000_000, frame_id=3) == (False, None)  # one line per episode
+    use, line = gate.check(stamp_ns=3_000_000_000, now_ns=3_100_000_000, frame_id=4)
+    assert use and line == "actions fresh again after 2 dropped"
+
+
 # --- the flow ------------------------------------------------------------------------------------
 
 def test_the_safety_side_is_on_the_robot_and_perception_on_the_gpu():
@@ -143,6 +156,7 @@ def test_the_safety_side_is_on_the_robot_and_perception_on_the_gpu():
     nodes = {n["id"]: n for n in df["nodes"]}
     assert int(nodes["camera"]["env"]["SO101_CAMERA_JPEG_QUALITY"]) > 0  # frames cross the link compressed
     assert nodes["controller"]["inputs"]["action"]["queue_size"] == 1  # a stalled link replays no backlog
+    assert 0 < float(nodes["controller"]["env"]["SO101_MAX_ACTION_AGE_S"]) <= 2  # nor an old action
     assert nodes["controller"]["env"].get("SO101_ESTOP") != "none" and nodes["servo"]["inputs"].get("estop")
 
 
@@ -152,6 +166,11 @@ def test_cluster_flow_makes_paths_absolute_per_machine(tmp_path):
     for node in df["nodes"]:
         root = "/home/pi/so101" if node["id"] in ROBOT_SIDE else "/srv/so101"
         assert node["path"] == f"{root}/nodes/{node['id']}/main.py"
+        for key in ("SO101_CALIBRATION", "SO101_SEG_CHECKPOINT", "SO101_POLICY_CHECKPOINT"):
+            if key in (node.get("env") or {}):
+                assert node["env"][key].startswith(root + "/"), (node["id"], key)
+        if node["id"] == "camera":
+            assert node["env"]["SO101_CAMERA"] == "0"  # not a file: left as it is
     with pytest.raises(DataflowError, match=r"node 'frame_gate' is deployed on 'gpu'; expected one of \['robot'\]"):
         cluster_flow(FLOW, tmp_path / "bad.yml", {"robot": Path("/home/pi/so101")})
 

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("so101_deploy.tools.infer", "run seg, depth, observation and policy offline on image files; write outputs"),
     "faults": ("so101_deploy.tools.faults", "run the fault matrix (kill -9 nodes, e-stop, sag, bad settings) on the software bus; write docs/faults.md"),
     "sim-lift": ("so101_deploy.tools.sim_lift", "scripted cube lift in the MuJoCo sim through controller + safety (success rate, timings)"),
+    "two-machines": ("so101_deploy.tools.two_machines", "the two-machine flow: write its cluster copy (flow), measure JPEG (jpeg) and the link on loopback (bench)"),
 }
 
 

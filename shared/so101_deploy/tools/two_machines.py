@@ -60,12 +60,17 @@ def cluster_flow(src: Path, out: Path, roots: Mapping[str, Path]) -> Path:
         if path and not os.path.isabs(path) and not path.startswith("dora"):
             node["path"] = str(root / path)
         if node.get("env"):
-            # settings naming files of the checkout (shared/...) become absolute on that machine
-            node["env"] = {k: (str(root / v) if isinstance(v, str) and v.startswith("shared/") else v)
-                           for k, v in node["env"].items()}
+            # relative file settings (checkpoints/..., calibration/..., shared/...) are relative to the
+            # checkout on that machine, not to the daemon's working folder
+            node["env"] = {k: (str(root / v) if _relative_file(v) else v) for k, v in node["env"].items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(df, sort_keys=False))
     return out
+
+
+def _relative_file(value: Any) -> bool:
+    v = str(value)
+    return ("/" in v or v.endswith((".yml", ".json", ".pt", ".pth", ".ckpt"))) and not v.startswith(("/", "~", "$"))
 
 
 # --- one run on loopback -------------------------------------------------------------------------
@@ -99,7 +104,8 @@ def cpu_env(models: Mapping[str, Path], out_dir: Path, video: Path, link: Path, 
                   "SO101_THREADS": "2", "SO101_ONNX_CACHE": onnx},
         "policy": {"SO101_POLICY_CHECKPOINT": str(models["policy"]), "SO101_DEVICE": "cpu",
                    "SO101_POLICY_BACKEND": "onnx"},
-        "controller": {"SO101_CALIBRATION": str(CALIBRATION)},
+        # a loaded 2-core CPU runs the GPU side too: capture -> action may pass the flow's 1 s on its own
+        "controller": {"SO101_CALIBRATION": str(CALIBRATION), "SO101_MAX_ACTION_AGE_S": "10"},
         "servo": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(CALIBRATION), **(servo or {})},
         "estop": {"SO101_ESTOP_FILE": str(out_dir / "so101.estop")},  # never a stray /tmp file
     }
@@ -256,10 +262,10 @@ def _jpeg_roundtrip(bgr: np.ndarray, quality: int) -> tuple[np.ndarray, int, flo
     return np.array(msg.data), int(meta["jpeg_bytes"]), float(meta["encode_ms"]), float(msg.meta["decode_ms"])
 
 
-def _obs84(mask: np.ndarray, disparity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _obs84(mask: np.ndarray, disparity: np.ndarray, classes: str = "real6") -> tuple[np.ndarray, np.ndarray]:
     from so101_deploy.policy.observation import build_frame  # noqa: PLC0415
 
-    frame = build_frame(mask, disparity)
+    frame = build_frame(mask, disparity, classes)
     return np.asarray(frame[0]), np.asarray(frame[1])
 
 
@@ -288,20 +294,21 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def jpeg_effect(qualities: tuple[int, ...], frames: list[np.ndarray], models: Mapping[str, Path] | None,
-                oracle_frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None) -> dict[str, Any]:
+                oracle_frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None, device: str = "cpu",
+                depth_size: int = 266) -> dict[str, Any]:
     """Per quality: bytes per frame, encode/decode ms, and the observation effect with the models
     (``models``: seg, depth; the fixture weights or real checkpoints) and with the oracle.
 
-    ``oracle_frames``: (bgr, sim mask, sim disparity) triples rendered by the simulator: its own mask and
-    disparity are exact, so the oracle comparison asks only what JPEG does to frames the sim renders --
-    the oracle reads the scene, not the pixels, so its rows measure the camera-side encoding alone."""
+    ``oracle_frames``: (bgr, sim mask, sim disparity) triples rendered by the simulator (see
+    :func:`_oracle_effect`: the oracle reads the scene, not the pixels, so it is the ground truth that a
+    pixel-based segmenter is compared on)."""
     seg = depth = None
     if models is not None:
         from so101_deploy.perception.depth import DepthModel  # noqa: PLC0415
         from so101_deploy.perception.seg import SegModel  # noqa: PLC0415
 
-        seg = SegModel.load(models["seg"], device="cpu", backend="torch")
-        depth = DepthModel.load(models["depth"], device="cpu", backend="torch", input_size=266)
+        seg = SegModel.load(models["seg"], device=device, backend="torch")
+        depth = DepthModel.load(models["depth"], device=device, backend="torch", input_size=depth_size)
     out: dict[str, Any] = {"frames": len(frames), "qualities": {}}
     raw_results = [(seg.predict(f), depth.predict(f)) for f in frames] if seg is not None else None
     out["raw_bytes_per_frame"] = int(frames[0].nbytes)
@@ -321,7 +328,7 @@ def jpeg_effect(qualities: tuple[int, ...], frames: list[np.ndarray], models: Ma
             pairs = [(r, (seg.predict(img), depth.predict(img))) for r, img in zip(raw_results, decoded)]
             row["models"] = _compare(pairs)
         if oracle_frames:
-            row["oracle_pixels"] = _oracle_effect(oracle_frames, q)
+            row["oracle"] = _oracle_effect(oracle_frames, q)
         out["qualities"][q] = row
     return out
 
@@ -332,19 +339,30 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _oracle_effect(oracle_frames, quality: int) -> dict[str, float]:
-    """On frames the simulator rendered: how far the decoded frame is from the raw one where the oracle
-    says each class is (mean absolute pixel error per sim class) -- the cube and the fingers, which the
-    seg model must find, are what matters."""
-    err: dict[str, list[float]] = {}
+    """On frames the simulator rendered, with the oracle's exact mask as ground truth: a colour
+    segmenter (each pixel -> the sim class of the nearest per-class mean colour, the means taken on the
+    raw frame under the oracle's mask) labels the raw and the decoded frame; the fraction of equal labels
+    in the 84x84 observation says how much class evidence JPEG moves, and the mean absolute pixel error
+    on the cube and the fingers (the classes the policy needs) how much the frame itself changed."""
     names = ("other", "floor", "cube", "static_finger", "moving_finger")
-    for bgr, mask, _disp in oracle_frames:
+    equal84, err = [], {}
+    for bgr, mask, disp in oracle_frames:
         img, *_ = _jpeg_roundtrip(bgr, quality)
+        present = [c for c in range(len(names)) if (mask == c).any()]
+        means = np.stack([bgr[mask == c].reshape(-1, 3).mean(axis=0) for c in present])
+
+        def label(x: np.ndarray) -> np.ndarray:
+            d = ((x.reshape(-1, 1, 3).astype(np.float32) - means[None].astype(np.float32)) ** 2).sum(axis=2)
+            return np.asarray(present, np.uint8)[d.argmin(axis=1)].reshape(mask.shape)
+
+        s_raw, _ = _obs84(label(bgr), disp, "sim5")
+        s_dec, _ = _obs84(label(img), disp, "sim5")
+        equal84.append(float(np.mean(s_raw == s_dec)))
         diff = np.abs(img.astype(np.int16) - bgr.astype(np.int16)).mean(axis=2)
-        for c, name in enumerate(names):
-            sel = mask == c
-            if sel.any():
-                err.setdefault(name, []).append(float(diff[sel].mean()))
-    return {f"abs_err_{k}": round(float(np.mean(v)), 3) for k, v in err.items()}
+        for c in present:
+            err.setdefault(names[c], []).append(float(diff[mask == c].mean()))
+    return {"colour_seg_equal_84": round(float(np.mean(equal84)), 5),
+            **{f"abs_err_{k}": round(float(np.mean(v)), 3) for k, v in err.items()}}
 
 
 def oracle_frames(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -363,3 +381,103 @@ def oracle_frames(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, n
     finally:
         sim.close()
     return out
+
+
+def render_jpeg(r: dict[str, Any]) -> str:
+    lines = [f"# JPEG over the link: what it costs and what it changes ({r['frames']} rendered sim frames, "
+             f"models: {r.get('models_label', 'n/a')})", "",
+             "| quality | bytes/frame | MB/s at 30 fps | encode ms p50 | decode ms p50 | PSNR dB | models: equal seg px "
+             "(84x84) | models: disparity corr (84x84) | oracle: colour-seg equal px (84x84) | oracle: cube abs err |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| raw bgr8 | {r['raw_bytes_per_frame']} | {r['raw_bytes_per_frame'] * 30 / 1e6:.1f} | - | - | - | 1 | 1 | 1 | 0 |"]
+    for q, row in r["qualities"].items():
+        m, o = row.get("models") or {}, row.get("oracle") or {}
+        lines.append(f"| {q} | {row['bytes_per_frame']} | {row['mb_per_s_at_30fps']} | {row['encode_ms_p50']} | "
+                     f"{row['decode_ms_p50']} | {row['psnr_db']} | {m.get('seg_equal_84', 'n/a')} | "
+                     f"{m.get('disp_corr_84', 'n/a')} | {o.get('colour_seg_equal_84', 'n/a')} | "
+                     f"{o.get('abs_err_cube', 'n/a')} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- command --------------------------------------------------------------------------------------
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    f = sub.add_parser("flow", help="write the copy of dataflow.two-machines.yml a cluster starts (absolute paths "
+                                    "per machine)")
+    f.add_argument("--robot-root", required=True, help="the checkout's folder on the robot computer")
+    f.add_argument("--gpu-root", default=None, help="the checkout's folder on the GPU host (default: --robot-root)")
+    f.add_argument("-o", "--out", default="dataflow.two-machines.cluster.yml")
+    add_flows_argument(f)
+    j = sub.add_parser("jpeg", help="bytes, encode/decode time and the effect on the observation per JPEG quality")
+    j.add_argument("--qualities", default=",".join(map(str, DEFAULT_QUALITIES)))
+    j.add_argument("--frames", type=int, default=6, help="simulator frames rendered (one cube placement each)")
+    j.add_argument("--seg", default=None, help="seg checkpoint (default: real-size architectures, random weights)")
+    j.add_argument("--depth", default=None, help="depth model folder or .pth (with --seg)")
+    j.add_argument("--depth-size", type=int, default=266)
+    j.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    j.add_argument("--out", default="artifacts/two-machines")
+    b = sub.add_parser("bench", help="two daemons on loopback vs one machine: link bytes/s, per-hop latency, "
+                                     "capture -> goal")
+    b.add_argument("--seconds", type=float, default=30.0, help="measured window after the first goal, per run")
+    b.add_argument("--jpeg-quality", type=int, default=None, help="default: the flow's SO101_CAMERA_JPEG_QUALITY")
+    b.add_argument("--out", default="artifacts/two-machines")
+    add_flows_argument(b)
+
+
+def _flow_quality(flows: str | Path | None) -> int:
+    df = load(flow_file(FLOW, flows))
+    cam = next(n for n in df["nodes"] if n["id"] == "camera")
+    return int((cam.get("env") or {}).get("SO101_CAMERA_JPEG_QUALITY", 0))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "flow":
+            robot = Path(args.robot_root).expanduser()
+            gpu = Path(args.gpu_root).expanduser() if args.gpu_root else robot
+            for name, root in (("--robot-root", robot), ("--gpu-root", gpu)):
+                if not root.is_absolute():
+                    print(f"two-machines flow: error: {name} {root}: expected an absolute path (the folder on that "
+                          f"machine)")
+                    return 2
+            out = cluster_flow(flow_file(FLOW, args.flows), Path(args.out), {"robot": robot, "gpu": gpu})
+            print(f"wrote {out}: start it with `dora start {out} --coordinator-addr <robot-ip>`")
+            return 0
+        out = Path(args.out).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        if args.action == "jpeg":
+            try:
+                qualities = tuple(int(q) for q in args.qualities.split(","))
+            except ValueError:
+                print(f"two-machines jpeg: error: --qualities {args.qualities!r}: expected comma-separated ints 1-100")
+                return 2
+            if args.seg or args.depth:
+                if not (args.seg and args.depth):
+                    print("two-machines jpeg: error: --seg and --depth go together")
+                    return 2
+                models, label = {"seg": Path(args.seg), "depth": Path(args.depth)}, "given checkpoints"
+            else:
+                from so101_deploy.tools.bench import real_size_models  # noqa: PLC0415
+
+                models, label = real_size_models(out / "models"), "real-size architectures, random weights"
+            sim = oracle_frames(args.frames)
+            res = jpeg_effect(qualities, [f for f, _, _ in sim], models, sim, device=args.device,
+                              depth_size=args.depth_size)
+            res["models_label"] = f"{label}, depth at {args.depth_size}"
+            (out / "jpeg.json").write_text(json.dumps(res, indent=2))
+            (out / "jpeg.md").write_text(render_jpeg(res))
+            print(render_jpeg(res))
+            return 0
+        from so101_deploy.tools.fixtures import write_fixtures  # noqa: PLC0415
+
+        # the fixture models: the link and the graph's timing, not the models', are measured here
+        fx = write_fixtures(out / "fixtures")
+        models = {"seg": fx["seg_checkpoint"], "depth": fx["depth_hf_dir"], "policy": fx["policy_snapshot"]}
+        quality = args.jpeg_quality if args.jpeg_quality is not None else _flow_quality(args.flows)
+        res = bench_link(models, out / "bench", args.seconds, quality, flows=args.flows)
+        print(render_bench(res))
+        return 0
+    except DataflowError as e:
+        print(f"two-machines {args.action}: error: {e}")
+        return 2
