@@ -8,10 +8,12 @@ Settings: so101_deploy.arm.controller.SETTINGS and SO101_GRIPPERFRAME; SO101_MAX
 from frames captured too long ago (the two-machine flow, where a stalled link can deliver old actions).
 """
 
+import json
 import sys
 import time
 
-from so101_deploy.arm.controller import SETTINGS, ActionAgeGate, ControllerError, Output, control_loop_from_settings
+from so101_deploy.arm.controller import SETTINGS, ActionAgeGate, ControllerError, HopTimes, Output, \
+    control_loop_from_settings
 from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING
 from so101_deploy.core.messages import Message, MessageError, encode, now_ns
 from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
@@ -33,7 +35,10 @@ def build(settings, ctx) -> Handlers:
 
     age = ActionAgeGate(settings["SO101_MAX_ACTION_AGE_S"])
 
+    hop = HopTimes()
+
     def on_action(msg: Message) -> None:
+        hop.add(msg.meta, now_ns())
         use, line = age.check(msg.stamp_ns, now_ns(), msg.frame_id)
         if line:
             (ctx.log.warning if not use else ctx.log.info)(line)
@@ -60,8 +65,9 @@ def build(settings, ctx) -> Handlers:
         on_input={"action": on_action, "joint_state": lambda m: loop.on_joint_state(m.data, time.monotonic()),
                   "estop": on_estop, "reset": on_reset},
         on_tick={"tick": lambda: send(loop.on_tick(time.monotonic()), last_frame["frame_id"], now_ns())},
-        on_stop=lambda: ctx.log.info(f"safety events: {dict(loop.safety.events_total)}"
-                                     + (f"; {age.dropped} stale action(s) dropped" if age.dropped else "")))
+        on_stop=lambda: (ctx.log.info(f"safety events: {dict(loop.safety.events_total)}"
+                                      + (f"; {age.dropped} stale action(s) dropped" if age.dropped else "")),
+                         ctx.log.info(f"action hop ms: {json.dumps(hop.summary())}")))
 
 
 def main(node=None, env=None) -> int:

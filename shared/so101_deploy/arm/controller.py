@@ -278,6 +278,25 @@ class ControlLoop:
         return ctrl
 
 
+@dataclass
+class HopTimes:
+    """Policy -> controller transit times (ms) from the action's ``sent_ns`` and the receipt time here: a
+    one-way latency over a machine boundary only when both clocks agree (one machine, or chrony/PTP)."""
+
+    ms: list = field(default_factory=list)
+
+    def add(self, meta, now_ns: int) -> None:
+        sent = meta.get("sent_ns")
+        if isinstance(sent, (int, np.integer)) and not isinstance(sent, bool) and sent > 0:
+            self.ms.append((now_ns - int(sent)) / 1e6)
+
+    def summary(self) -> dict:
+        if not self.ms:
+            return {"n": 0}
+        return {"n": len(self.ms), "p50": round(float(np.percentile(self.ms, 50)), 3),
+                "p90": round(float(np.percentile(self.ms, 90)), 3)}
+
+
 def limits_with_calibration(kin: Kinematics, calibration_path: str | None) -> JointLimits:
     """The model's joint ranges, tightened by a LeRobot calibration's ranges when one is given."""
     limits = JointLimits.from_model(kin)

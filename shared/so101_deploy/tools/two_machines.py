@@ -177,6 +177,12 @@ def _bus_writes(log: Path, name: str, value: int | None = None) -> bool:
     return False
 
 
+def action_hop(log_text: str) -> dict[str, Any] | None:
+    """The controller's ``action hop ms: {...}`` line (its last one), parsed."""
+    found = re.findall(r"action hop ms: (\{.*\})", log_text)
+    return json.loads(found[-1]) if found else None
+
+
 def link_stats(log_text: str) -> dict[str, Any] | None:
     """The frame gate's ``link stats: {...}`` line (its last one), parsed."""
     found = re.findall(r"link stats: (\{.*\})", log_text)
@@ -196,9 +202,12 @@ def bench_link(models: Mapping[str, Path], out: Path, seconds: float, jpeg_quali
         time.sleep(seconds)  # the measurement window itself, not a wait for a condition
         run.cluster.stop_dataflow(run.name, timeout_s=120)
         wait_for(lambda: (two_dir / "monitor" / "report.json").exists(), 120, "the monitor's report")
+        wait_for(lambda: "action hop ms:" in run.cluster.node_log("robot", "controller"), 60,
+                 "the controller's stop line")
         gate_log = run.cluster.node_log("gpu", "frame_gate")
+        ctl_log = run.cluster.node_log("robot", "controller")
     result["two_machines"] = {"report": json.loads((two_dir / "monitor" / "report.json").read_text()),
-                              "link": link_stats(gate_log)}
+                              "link": link_stats(gate_log), "action_hop_ms": action_hop(ctl_log)}
     # the same graph on one machine, raw frames, under `dora run` (no deploy sections there)
     one_dir = out / "one_machine"
     one_dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +225,8 @@ def bench_link(models: Mapping[str, Path], out: Path, seconds: float, jpeg_quali
         res = run_dataflow(flow, 600, log_path=one_dir / "dora.log", grace_s=120,
                            until=lambda _log: _bus_writes(bus_log, "Torque_Enable", 1), linger_s=seconds)
     result["one_machine"] = {"report": json.loads((one_dir / "monitor" / "report.json").read_text()),
-                             "link": link_stats(res.log), "returncode": res.returncode}
+                             "link": link_stats(res.log), "action_hop_ms": action_hop(res.log),
+                             "returncode": res.returncode}
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     (out / "bench.md").write_text(render_bench(result))
     return result
@@ -245,6 +255,9 @@ def render_bench(r: dict[str, Any]) -> str:
              f"| capture -> gate ms p50 / p90 | {p(tl.get('capture_to_gate_ms'), 'p50')} / "
              f"{p(tl.get('capture_to_gate_ms'), 'p90')} | {p(ol.get('capture_to_gate_ms'), 'p50')} / "
              f"{p(ol.get('capture_to_gate_ms'), 'p90')} |",
+             f"| policy -> controller ms p50 / p90 | {p(two.get('action_hop_ms'), 'p50')} / "
+             f"{p(two.get('action_hop_ms'), 'p90')} | {p(one.get('action_hop_ms'), 'p50')} / "
+             f"{p(one.get('action_hop_ms'), 'p90')} |",
              f"| new camera frames reaching the arm (Hz) | {two['report']['new_frame_goal_rate_hz']:.2f} | "
              f"{one['report']['new_frame_goal_rate_hz']:.2f} |",
              f"| capture -> goal ms p50 / p90 | {p(lat2, 'p50')} / {p(lat2, 'p90')} | {p(lat1, 'p50')} / "
@@ -415,6 +428,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     j.add_argument("--seg", default=None, help="seg checkpoint (default: real-size architectures, random weights)")
     j.add_argument("--depth", default=None, help="depth model folder or .pth (with --seg)")
     j.add_argument("--depth-size", type=int, default=266)
+    j.add_argument("--noise", type=float, default=0.0, help="add Gaussian sensor noise of this sigma (grey levels) "
+                                                             "to the rendered frames: real cameras compress worse")
     j.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     j.add_argument("--out", default="artifacts/two-machines")
     b = sub.add_parser("bench", help="two daemons on loopback vs one machine: link bytes/s, per-hop latency, "
@@ -462,9 +477,13 @@ def run(args: argparse.Namespace) -> int:
 
                 models, label = real_size_models(out / "models"), "real-size architectures, random weights"
             sim = oracle_frames(args.frames)
+            if args.noise > 0:
+                rng = np.random.default_rng(0)
+                sim = [(np.clip(f + rng.normal(0, args.noise, f.shape), 0, 255).astype(np.uint8), m, d) for f, m, d in sim]
             res = jpeg_effect(qualities, [f for f, _, _ in sim], models, sim, device=args.device,
                               depth_size=args.depth_size)
-            res["models_label"] = f"{label}, depth at {args.depth_size}"
+            res["models_label"] = f"{label}, depth at {args.depth_size}" + (f"; sensor noise sigma {args.noise:g}"
+                                                                               if args.noise > 0 else "")
             (out / "jpeg.json").write_text(json.dumps(res, indent=2))
             (out / "jpeg.md").write_text(render_jpeg(res))
             print(render_jpeg(res))
