@@ -146,6 +146,20 @@ def test_action_age_gate_drops_old_actions_and_says_so_once():
     assert use and line == "actions fresh again after 2 dropped"
 
 
+def test_action_hop_times_come_from_sent_ns_and_are_parsed_back():
+    from so101_deploy.arm.controller import HopTimes
+    from so101_deploy.tools.two_machines import action_hop
+
+    hop = HopTimes()
+    hop.add({"sent_ns": 1_000_000}, now_ns=3_000_000)
+    hop.add({"sent_ns": 1_000_000}, now_ns=5_000_000)
+    hop.add({}, now_ns=9_000_000)  # an action from an older policy node: nothing to time
+    hop.add({"sent_ns": True}, now_ns=9_000_000)
+    s = hop.summary()
+    assert s["n"] == 2 and s["p50"] == pytest.approx(3.0)
+    assert action_hop(f"[controller] info: action hop ms: {json.dumps(s)}") == s and action_hop("nothing") is None
+
+
 # --- the flow ------------------------------------------------------------------------------------
 
 def test_the_safety_side_is_on_the_robot_and_perception_on_the_gpu():
