@@ -121,16 +121,25 @@ def test_link_stats_count_payload_rate_and_times():
     assert link_stats(f"[frame_gate] info: link stats: {json.dumps(s)}\n") == s
 
 
-def test_jpeg_effect_on_the_observation_is_measured_per_quality(fixture_weights):
-    """The figures of docs/two-machines.md come from this function; here its mechanics on 2 frames."""
+def test_jpeg_effect_is_measured_per_quality_and_the_comparison_is_exact():
+    """The figures of docs/two-machines.md come from jpeg_effect; here its mechanics on 2 frames (the models'
+    part runs in `so101-deploy two-machines jpeg`), and the observation comparison on known inputs."""
+    from so101_deploy.tools.two_machines import _compare
+
     frames = [render_frame(i) for i in range(2)]
-    models = {"seg": fixture_weights["seg_checkpoint"], "depth": fixture_weights["depth_hf_dir"]}
-    res = jpeg_effect((50, 95), frames, models, None)
+    res = jpeg_effect((50, 95), frames, None, None)
     lo, hi = res["qualities"][50], res["qualities"][95]
-    assert lo["bytes_per_frame"] < hi["bytes_per_frame"] < res["raw_bytes_per_frame"]
-    assert lo["psnr_db"] < hi["psnr_db"]
-    for row in (lo, hi):
-        assert 0.0 <= row["models"]["seg_equal_84"] <= 1.0 and -1.0 <= row["models"]["disp_corr_84"] <= 1.0
+    assert lo["bytes_per_frame"] < hi["bytes_per_frame"] < res["raw_bytes_per_frame"] == 640 * 480 * 3
+    assert lo["psnr_db"] < hi["psnr_db"] and lo["decode_ms_p50"] > 0
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 6, (480, 640)).astype(np.uint8)
+    disp = rng.random((480, 640)).astype(np.float32)
+    same = _compare([((mask, disp), (mask.copy(), disp.copy()))])
+    assert same["seg_equal_84"] == 1.0 and same["disp_corr_84"] == pytest.approx(1.0)
+    flipped = mask.copy()
+    flipped[:, 80:320] = (flipped[:, 80:320] + 1) % 6  # half of the centre crop the observation keeps
+    changed = _compare([((mask, disp), (flipped, disp[::-1].copy()))])
+    assert 0.3 < changed["seg_equal_84"] < 0.7 and abs(changed["disp_corr_84"]) < 0.2
 
 
 def test_action_age_gate_drops_old_actions_and_says_so_once():
