@@ -236,6 +236,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth-size", type=int, default=None, help="depth input size in the graph (default: 266 on "
                                                                     "CPU, 518 on CUDA)")
     p.add_argument("--skip", action="append", default=[], choices=("stages", "handoff", "graph"))
+    p.add_argument("--two-machines", action="store_true", help="also run dataflow.two-machines.yml with two daemons "
+                   "on loopback against one machine (so101_deploy.tools.two_machines.bench_link)")
     add_flows_argument(p)
 
 
@@ -276,6 +278,13 @@ def run(args: argparse.Namespace) -> int:
         result["graph"] = bench_graph(models, args.device, args.seconds, out / "graph", seg_backend,
                                       depth_backend, depth_size, flows=args.flows)
         print(f"[bench] graph: {result['graph']['control_rate_hz']} Hz", flush=True)
+    if args.two_machines:
+        from so101_deploy.tools.two_machines import bench_link, flow_quality  # noqa: PLC0415
+
+        print(f"[bench] dataflow.two-machines.yml, two daemons on loopback vs one machine, {args.seconds:.0f} s each ...",
+              flush=True)
+        result["two_machines"] = bench_link(models, out / "two_machines", args.seconds, flow_quality(args.flows),
+                                            flows=args.flows, device=args.device)
     if "handoff" in result and "graph" in result and result["handoff"]["rate_hz"] > 0:
         result["speedup_vs_handoff"] = round(result["graph"]["control_rate_hz"] / result["handoff"]["rate_hz"], 2)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
@@ -314,6 +323,10 @@ def render_markdown(r: dict[str, Any]) -> str:
                      f"{gs['depth_size']}): **{g['control_rate_hz']} Hz** of goals from new camera frames; "
                      f"capture-to-goal latency p50 {lat.get('p50', float('nan')):.0f} ms, p90 "
                      f"{lat.get('p90', float('nan')):.0f} ms")
+    if "two_machines" in r:
+        from so101_deploy.tools.two_machines import render_bench  # noqa: PLC0415
+
+        lines += ["", render_bench(r["two_machines"])]
     if "speedup_vs_handoff" in r:
         note = ""
         if "graph" in r and r["graph"]["control_rate_hz"] >= 0.9 * CAMERA_FPS:

@@ -90,22 +90,26 @@ class LoopbackRun:
         return self.cluster.node_log("robot", "servo")
 
 
-def cpu_env(models: Mapping[str, Path], out_dir: Path, video: Path, link: Path, jpeg_quality: int,
-            servo: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
-    """Per-node settings for a loopback run on this CPU (the flow's own are for a real GPU host)."""
+def graph_env(models: Mapping[str, Path], out_dir: Path, video: Path, link: Path, jpeg_quality: int,
+              servo: Mapping[str, str] | None = None, device: str = "cpu") -> dict[str, dict[str, str]]:
+    """Per-node settings for a loopback run: the generated video, the software bus, ``models``; on the CPU
+    onnx with depth at 266 (the flow's own settings are for a real GPU host), on cuda torch, depth 518 fp16."""
+    if device not in ("cpu", "cuda"):
+        raise DataflowError(f"device {device!r}: expected 'cpu' or 'cuda'")
     onnx = str(out_dir.parent / "onnx")
+    cpu = device == "cpu"
     return {
         "camera": {"SO101_CAMERA": str(video), "SO101_CAMERA_LOOP": "true",
                    "SO101_CAMERA_JPEG_QUALITY": str(jpeg_quality)},
-        "seg": {"SO101_SEG_CHECKPOINT": str(models["seg"]), "SO101_SEG_BACKEND": "onnx", "SO101_DEVICE": "cpu",
-                "SO101_THREADS": "1", "SO101_ONNX_CACHE": onnx},
-        "depth": {"SO101_DEPTH_MODEL": str(models["depth"]), "SO101_DEPTH_BACKEND": "onnx",
-                  "SO101_DEPTH_INPUT_SIZE": "266", "SO101_DEPTH_FP16": "false", "SO101_DEVICE": "cpu",
-                  "SO101_THREADS": "2", "SO101_ONNX_CACHE": onnx},
-        "policy": {"SO101_POLICY_CHECKPOINT": str(models["policy"]), "SO101_DEVICE": "cpu",
-                   "SO101_POLICY_BACKEND": "onnx"},
+        "seg": {"SO101_SEG_CHECKPOINT": str(models["seg"]), "SO101_SEG_BACKEND": "onnx" if cpu else "torch",
+                "SO101_DEVICE": device, "SO101_ONNX_CACHE": onnx, **({"SO101_THREADS": "1"} if cpu else {})},
+        "depth": {"SO101_DEPTH_MODEL": str(models["depth"]), "SO101_DEPTH_BACKEND": "onnx" if cpu else "torch",
+                  "SO101_DEPTH_INPUT_SIZE": "266" if cpu else "518", "SO101_DEPTH_FP16": str(not cpu).lower(),
+                  "SO101_DEVICE": device, "SO101_ONNX_CACHE": onnx, **({"SO101_THREADS": "2"} if cpu else {})},
+        "policy": {"SO101_POLICY_CHECKPOINT": str(models["policy"]), "SO101_DEVICE": device,
+                   "SO101_POLICY_BACKEND": "onnx" if cpu else "torch"},
         # a loaded 2-core CPU runs the GPU side too: capture -> action may pass the flow's 1 s on its own
-        "controller": {"SO101_CALIBRATION": str(CALIBRATION), "SO101_MAX_ACTION_AGE_S": "10"},
+        "controller": {"SO101_CALIBRATION": str(CALIBRATION), "SO101_MAX_ACTION_AGE_S": "10" if cpu else "1"},
         "servo": {"SO101_PORT": str(link), "SO101_CALIBRATION": str(CALIBRATION), **(servo or {})},
         "estop": {"SO101_ESTOP_FILE": str(out_dir / "so101.estop")},  # never a stray /tmp file
     }
@@ -146,7 +150,7 @@ def emulated_bus(out_dir: Path) -> Iterator[tuple[Path, Path]]:
 @contextlib.contextmanager
 def loopback_run(models: Mapping[str, Path], out_dir: Path, jpeg_quality: int = 90,
                  servo: Mapping[str, str] | None = None, monitor: bool = True,
-                 flows: str | Path | None = None, video_frames: int = 90) -> Iterator[LoopbackRun]:
+                 flows: str | Path | None = None, video_frames: int = 90, device: str = "cpu") -> Iterator[LoopbackRun]:
     """``dataflow.two-machines.yml`` started on a coordinator with daemons ``robot`` and ``gpu`` on
     127.0.0.1; yields once ``dora start`` returned.  Everything is stopped on exit."""
     from so101_deploy.sim.synthetic import write_video  # noqa: PLC0415
@@ -155,7 +159,7 @@ def loopback_run(models: Mapping[str, Path], out_dir: Path, jpeg_quality: int = 
     out_dir.mkdir(parents=True, exist_ok=True)
     video = write_video(out_dir / "camera.mp4", frames=video_frames)
     with emulated_bus(out_dir) as (link, bus_log):
-        env = cpu_env(models, out_dir, video, link, jpeg_quality, servo)
+        env = graph_env(models, out_dir, video, link, jpeg_quality, servo, device)
         extra = [monitor_node(flows, out_dir)] if monitor else []
         flow = prepare(flow_file(FLOW, flows), out_dir / "dataflow.two-machines.loopback.yml", env=env,
                        extra_nodes=extra)
@@ -192,12 +196,12 @@ def link_stats(log_text: str) -> dict[str, Any] | None:
 # --- the benchmark: two daemons on loopback vs one machine ----------------------------------------
 
 def bench_link(models: Mapping[str, Path], out: Path, seconds: float, jpeg_quality: int,
-               flows: str | Path | None = None) -> dict[str, Any]:
+               flows: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
     """Run the two-machine flow for ``seconds`` after the first goal reached the arm, then the same graph
     with raw frames under ``dora run`` on one machine, and report both."""
-    result: dict[str, Any] = {"seconds": seconds, "jpeg_quality": jpeg_quality}
+    result: dict[str, Any] = {"seconds": seconds, "jpeg_quality": jpeg_quality, "device": device}
     two_dir = out / "two_machines"
-    with loopback_run(models, two_dir, jpeg_quality=jpeg_quality, flows=flows) as run:
+    with loopback_run(models, two_dir, jpeg_quality=jpeg_quality, flows=flows, device=device) as run:
         wait_for(run.torque_enabled, 600, "the first goal to reach the arm (torque on)", poll_s=0.5)
         time.sleep(seconds)  # the measurement window itself, not a wait for a condition
         run.cluster.stop_dataflow(run.name, timeout_s=120)
@@ -215,7 +219,7 @@ def bench_link(models: Mapping[str, Path], out: Path, seconds: float, jpeg_quali
 
     video = write_video(one_dir / "camera.mp4", frames=90)
     with emulated_bus(one_dir) as (link, bus_log):
-        env = cpu_env(models, one_dir, video, link, 0)
+        env = graph_env(models, one_dir, video, link, 0, device=device)
         flow = prepare(flow_file(FLOW, flows), one_dir / "dataflow.one-machine.yml", env=env,
                        extra_nodes=[monitor_node(flows, one_dir, machine=None)])
         df = load(flow)
@@ -244,7 +248,8 @@ def render_bench(r: dict[str, Any]) -> str:
     def p(d: dict | None, k: str) -> str:
         return "n/a" if not d or d.get(k) is None else f"{d[k]:.1f}"
 
-    lines = [f"# two machines on loopback vs one machine ({r['seconds']:.0f} s each after the first goal)", "",
+    lines = [f"# two machines on loopback vs one machine ({r['seconds']:.0f} s each after the first goal, "
+             f"{r.get('device', 'cpu')})", "",
              "| | two daemons (robot + gpu), JPEG q{} | one machine, `dora run`, raw bgr8 |".format(r["jpeg_quality"]),
              "|---|---|---|",
              f"| camera frames into the gate per s | {tl.get('frames_per_s', 'n/a')} | {ol.get('frames_per_s', 'n/a')} |",
@@ -436,11 +441,27 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                                      "capture -> goal")
     b.add_argument("--seconds", type=float, default=30.0, help="measured window after the first goal, per run")
     b.add_argument("--jpeg-quality", type=int, default=None, help="default: the flow's SO101_CAMERA_JPEG_QUALITY")
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    b.add_argument("--real-size", action="store_true", help="real-size seg/depth/policy architectures (random "
+                                                                "weights) instead of the small fixture models")
     b.add_argument("--out", default="artifacts/two-machines")
     add_flows_argument(b)
 
 
-def _flow_quality(flows: str | Path | None) -> int:
+def bench_models(out: Path, real_size: bool) -> dict[str, Path]:
+    """The fixture models (small: the link and dora's path are measured, not the models), or the real-size
+    architectures with random weights (what the models cost on this machine)."""
+    if real_size:
+        from so101_deploy.tools.bench import real_size_models  # noqa: PLC0415
+
+        return real_size_models(out / "models")
+    from so101_deploy.tools.fixtures import write_fixtures  # noqa: PLC0415
+
+    fx = write_fixtures(out / "fixtures")
+    return {"seg": fx["seg_checkpoint"], "depth": fx["depth_hf_dir"], "policy": fx["policy_snapshot"]}
+
+
+def flow_quality(flows: str | Path | None) -> int:
     df = load(flow_file(FLOW, flows))
     cam = next(n for n in df["nodes"] if n["id"] == "camera")
     return int((cam.get("env") or {}).get("SO101_CAMERA_JPEG_QUALITY", 0))
@@ -488,13 +509,9 @@ def run(args: argparse.Namespace) -> int:
             (out / "jpeg.md").write_text(render_jpeg(res))
             print(render_jpeg(res))
             return 0
-        from so101_deploy.tools.fixtures import write_fixtures  # noqa: PLC0415
-
-        # the fixture models: the link and the graph's timing, not the models', are measured here
-        fx = write_fixtures(out / "fixtures")
-        models = {"seg": fx["seg_checkpoint"], "depth": fx["depth_hf_dir"], "policy": fx["policy_snapshot"]}
-        quality = args.jpeg_quality if args.jpeg_quality is not None else _flow_quality(args.flows)
-        res = bench_link(models, out / "bench", args.seconds, quality, flows=args.flows)
+        quality = args.jpeg_quality if args.jpeg_quality is not None else flow_quality(args.flows)
+        res = bench_link(bench_models(out, args.real_size), out / "bench", args.seconds, quality, flows=args.flows,
+                         device=args.device)
         print(render_bench(res))
         return 0
     except DataflowError as e:
