@@ -1,7 +1,8 @@
 """Camera node: frames of SO101_CAMERA (device, video file or image folder) as `image` messages.
 
 Inputs: `tick` (a dora timer polled faster than the frame rate; the node keeps SO101_CAMERA_FPS).
-Output: `image` (640x480 BGR, frame_id from 0, stamp_ns = capture time).
+Output: `image` (640x480 BGR, frame_id from 0, stamp_ns = capture time); with SO101_CAMERA_JPEG_QUALITY
+set, the same frame as a JPEG (`encoding: jpeg`, decoded by whichever node takes the image).
 Settings: so101_deploy.perception.camera.SETTINGS. With SO101_CAMERA_CALIBRATION every frame is remapped
 onto the simulator's wrist_cam (fovy and size read from the MJCF scene) by one precomputed table.
 """
@@ -9,7 +10,7 @@ onto the simulator's wrist_cam (fovy and size read from the MJCF scene) by one p
 import sys
 
 from so101_deploy.core.log import leveled
-from so101_deploy.core.messages import encode
+from so101_deploy.core.messages import encode, encode_jpeg_image
 from so101_deploy.core.node import RAW, FatalError, Handlers, NodeSpec, StartError, run_node
 from so101_deploy.perception.camera import SETTINGS, Camera, CameraError
 from so101_deploy.perception.camera_calibration import CalibrationError, rectifier_from_settings
@@ -35,6 +36,9 @@ def build(settings, ctx) -> Handlers:
     except (CameraError, CalibrationError) as e:
         raise StartError(str(e)) from None
     sent = 0
+    quality = settings["SO101_CAMERA_JPEG_QUALITY"]
+    if quality:
+        ctx.log.info(f"sending frames as JPEG, quality {quality}")
 
     def on_tick() -> None:
         nonlocal sent
@@ -43,7 +47,11 @@ def build(settings, ctx) -> Handlers:
         except CameraError as e:  # a configuration problem does not fix itself: leave with the message
             raise FatalError(str(e)) from None
         if frame is not None:
-            ctx.send("image", *encode("image", frame.image_bgr, frame_id=frame.frame_id, stamp_ns=frame.stamp_ns))
+            if quality:
+                ctx.send("image", *encode_jpeg_image(frame.image_bgr, quality, frame_id=frame.frame_id,
+                                                     stamp_ns=frame.stamp_ns))
+            else:
+                ctx.send("image", *encode("image", frame.image_bgr, frame_id=frame.frame_id, stamp_ns=frame.stamp_ns))
             sent += 1
 
     def on_stop() -> None:

@@ -4,9 +4,11 @@ Inputs: ``action``, ``joint_state``, ``tick`` (a dora timer, drives the watchdog
 optional ``reset`` (schema joint_state: the first state of a new simulated episode; the target and the
 safety filter restart from it).  Output: ``goal`` (joint_goal) with metadata ``events`` (the safety
 events of this goal, comma separated), ``mode`` and ``source`` ("action" or "watchdog").
-Settings: so101_deploy.arm.controller.SETTINGS and SO101_GRIPPERFRAME.
+Settings: so101_deploy.arm.controller.SETTINGS and SO101_GRIPPERFRAME; SO101_MAX_ACTION_AGE_S drops actions
+from frames captured too long ago (the two-machine flow, where a stalled link can deliver old actions).
 """
 
+import json
 import sys
 import time
 
@@ -14,7 +16,8 @@ from so101_deploy.core.gl import no_rendering_here
 
 no_rendering_here()  # first: MuJoCo is used for kinematics only here, never to render (saves ~55 MB)
 
-from so101_deploy.arm.controller import SETTINGS, ControllerError, Output, control_loop_from_settings
+from so101_deploy.arm.controller import SETTINGS, ActionAgeGate, ControllerError, HopTimes, Output, \
+    control_loop_from_settings
 from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING
 from so101_deploy.core.messages import Message, MessageError, encode, now_ns
 from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
@@ -34,7 +37,17 @@ def build(settings, ctx) -> Handlers:
             ctx.send("goal", *encode("joint_goal", out.goal_rad, frame_id=frame_id, stamp_ns=stamp_ns,
                                      events=",".join(out.events), mode=out.mode, source=out.source))
 
+    age = ActionAgeGate(settings["SO101_MAX_ACTION_AGE_S"])
+
+    hop = HopTimes()
+
     def on_action(msg: Message) -> None:
+        hop.add(msg.meta, now_ns())
+        use, line = age.check(msg.stamp_ns, now_ns(), msg.frame_id)
+        if line:
+            (ctx.log.warning if not use else ctx.log.info)(line)
+        if not use:
+            return
         last_frame["frame_id"] = msg.frame_id
         try:
             out = loop.on_action(msg.data, msg.meta["action_space"], time.monotonic())
@@ -56,7 +69,9 @@ def build(settings, ctx) -> Handlers:
         on_input={"action": on_action, "joint_state": lambda m: loop.on_joint_state(m.data, time.monotonic()),
                   "estop": on_estop, "reset": on_reset},
         on_tick={"tick": lambda: send(loop.on_tick(time.monotonic()), last_frame["frame_id"], now_ns())},
-        on_stop=lambda: ctx.log.info(f"safety events: {dict(loop.safety.events_total)}"))
+        on_stop=lambda: (ctx.log.info(f"safety events: {dict(loop.safety.events_total)}"
+                                      + (f"; {age.dropped} stale action(s) dropped" if age.dropped else "")),
+                         ctx.log.info(f"action hop ms: {json.dumps(hop.summary())}")))
 
 
 def main(node=None, env=None) -> int:

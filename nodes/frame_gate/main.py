@@ -1,16 +1,19 @@
 """Frame gate node: passes the newest camera frame to seg and depth once both answered the last one.
 
 Inputs: ``image`` (camera frames), ``mask`` and ``disparity`` (the answers), ``tick`` (timer, for the
-timeout).  Output: ``image`` (the frame both models work on, same frame_id and stamp_ns).
+timeout).  Output: ``image`` (the frame both models work on, same frame_id and stamp_ns).  A camera frame
+sent as a JPEG (the camera on another machine) arrives decoded (messages.decode) and leaves as bgr8; the
+link statistics (bytes, encode/decode ms, capture -> gate) are logged at stop as ``link stats: {json}``.
 Settings: so101_deploy.perception.frame_gate.SETTINGS.  See so101_deploy.perception.frame_gate for why.
 """
 
+import json
 import sys
 import time
 
 from so101_deploy.core.messages import Message, encode
 from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
-from so101_deploy.perception.frame_gate import SETTINGS, FrameGate
+from so101_deploy.perception.frame_gate import SETTINGS, FrameGate, LinkStats
 
 SPEC = NodeSpec("frame_gate", SETTINGS,
                 inputs={"image": "image", "mask": "seg_mask", "disparity": "disparity", "tick": RAW},
@@ -19,17 +22,26 @@ SPEC = NodeSpec("frame_gate", SETTINGS,
 
 def build(settings, ctx) -> Handlers:
     gate = FrameGate(timeout_s=settings["SO101_GATE_TIMEOUT_S"])
+    link = LinkStats()
+
+    def on_image(msg: Message) -> None:
+        link.add(msg, time.time_ns())
+        send(gate.on_image(msg, time.monotonic()))
+
+    def on_stop() -> None:
+        ctx.log.info(f"counters: {gate.counters.as_meta()}")
+        ctx.log.info(f"link stats: {json.dumps(link.summary())}")
 
     def send(msg: Message | None) -> None:
         if msg is not None:
             ctx.send("image", *encode("image", msg.data, **msg.meta))
 
     return Handlers(
-        on_input={"image": lambda m: send(gate.on_image(m, time.monotonic())),
+        on_input={"image": on_image,
                   "mask": lambda m: send(gate.on_result("mask", m.frame_id, time.monotonic())),
                   "disparity": lambda m: send(gate.on_result("disparity", m.frame_id, time.monotonic()))},
         on_tick={"tick": lambda: send(gate.on_tick(time.monotonic()))},
-        on_stop=lambda: ctx.log.info(f"counters: {gate.counters.as_meta()}"))
+        on_stop=on_stop)
 
 
 def main(node=None, env=None) -> int:

@@ -278,6 +278,25 @@ class ControlLoop:
         return ctrl
 
 
+@dataclass
+class HopTimes:
+    """Policy -> controller transit times (ms) from the action's ``sent_ns`` and the receipt time here: a
+    one-way latency over a machine boundary only when both clocks agree (one machine, or chrony/PTP)."""
+
+    ms: list = field(default_factory=list)
+
+    def add(self, meta, now_ns: int) -> None:
+        sent = meta.get("sent_ns")
+        if isinstance(sent, (int, np.integer)) and not isinstance(sent, bool) and sent > 0:
+            self.ms.append((now_ns - int(sent)) / 1e6)
+
+    def summary(self) -> dict:
+        if not self.ms:
+            return {"n": 0}
+        return {"n": len(self.ms), "p50": round(float(np.percentile(self.ms, 50)), 3),
+                "p90": round(float(np.percentile(self.ms, 90)), 3)}
+
+
 def limits_with_calibration(kin: Kinematics, calibration_path: str | None) -> JointLimits:
     """The model's joint ranges, tightened by a LeRobot calibration's ranges when one is given."""
     limits = JointLimits.from_model(kin)
@@ -308,7 +327,38 @@ SETTINGS = (
     Setting("SO101_WRIST_LOCK_RAD", "float", math.pi / 2, "wrist_roll angle when locked (within its joint range)"),
     Setting("SO101_JOINT_DELTA_SCALE_RAD", "str", "0.05", "joint-delta mode: rad per unit of action, one number "
             "or one per joint"),
+    Setting("SO101_MAX_ACTION_AGE_S", "float", 0.0, "drop an action computed from a camera frame captured longer "
+            "ago than this (the camera on this machine: both times from its clock); 0: off", min=0.0, max=60.0),
 )
+
+
+@dataclass
+class ActionAgeGate:
+    """Drops actions whose camera frame is too old when they arrive (``SO101_MAX_ACTION_AGE_S``).
+
+    With perception and policy on another machine, a link that stalls and catches up delivers actions
+    computed from frames seconds old; the receipt-time watchdog would call them fresh.  The age is the
+    controller's clock now minus the frame's capture stamp: the camera runs on the robot computer, so both
+    are readings of the same machine's clock, never the GPU host's.  A dropped action refreshes nothing,
+    so the watchdog holds.  ``check`` returns (use it, a log line when dropping starts or stops)."""
+
+    max_age_s: float = 0.0
+    dropped: int = 0
+    _dropping: bool = False
+
+    def check(self, stamp_ns: int, now_ns: int, frame_id: int) -> tuple[bool, str | None]:
+        if self.max_age_s <= 0:
+            return True, None
+        age_s = (now_ns - stamp_ns) / 1e9
+        if age_s > self.max_age_s:
+            self.dropped += 1
+            line = None if self._dropping else (f"dropping actions: frame {frame_id} was captured {age_s:.2f} s ago "
+                                                f"(> SO101_MAX_ACTION_AGE_S={self.max_age_s:g}); the watchdog holds")
+            self._dropping = True
+            return False, line
+        line = f"actions fresh again after {self.dropped} dropped" if self._dropping else None
+        self._dropping = False
+        return True, line
 
 
 def _float_list(settings, key: str) -> np.ndarray:

@@ -217,7 +217,12 @@ def encode(name: str, data: np.ndarray, **meta: Any) -> tuple[pa.Array, dict[str
 
 
 def decode(name: str, value: Any, metadata: Mapping[str, Any] | None) -> Message:
-    """Turn a received Arrow array + metadata into a validated :class:`Message` (zero copy)."""
+    """Turn a received Arrow array + metadata into a validated :class:`Message` (zero copy).
+
+    An ``image`` sent compressed (``encoding: jpeg``, see :func:`encode_jpeg_image`) is decoded here to
+    the bgr8 frame, so every image input takes both forms (a copy, not zero copy)."""
+    if name == "image" and (metadata or {}).get("encoding") == JPEG_ENCODING:
+        return decode_jpeg_image(value, metadata)
     schema = _schema(name)
     meta = {k: v for k, v in (metadata or {}).items() if k != "timestamp"}
     if isinstance(value, pa.ChunkedArray):
@@ -234,6 +239,66 @@ def decode(name: str, value: Any, metadata: Mapping[str, Any] | None) -> Message
     else:
         raise MessageError(f"{name}.data: expected an Arrow array, got {type(value).__name__}")
     return Message(name, validate(name, arr, meta), meta)
+
+
+# --- compressed camera frames (a machine boundary) ------------------------------------------------
+# 640x480 bgr8 at 30 fps is 27.6 MB/s: too much for Wi-Fi and a large share of a 1 Gbit link.  The camera
+# node may send each frame as a JPEG instead (SO101_CAMERA_JPEG_QUALITY); the metadata is the image's
+# (width, height, frame_id, stamp_ns) with ``encoding: jpeg`` and ``jpeg_quality``; the payload is the
+# JPEG file's bytes as a flat uint8 array.  ``decode("image", ...)`` turns it back into the bgr8 frame.
+
+JPEG_ENCODING = "jpeg"
+_JPEG_SOI = b"\xff\xd8"
+
+
+def encode_jpeg_image(image_bgr: np.ndarray, quality: int, **meta: Any) -> tuple[pa.Array, dict[str, Any]]:
+    """A bgr8 camera frame (checked as an ``image``) -> (flat uint8 Arrow array of its JPEG, metadata).
+
+    ``quality`` is OpenCV's IMWRITE_JPEG_QUALITY (1-100); ``frame_id``/``stamp_ns`` as for :func:`encode`.
+    The metadata gains ``jpeg_quality``, ``jpeg_bytes`` and ``encode_ms`` (the compression time)."""
+    import cv2  # noqa: PLC0415  (only the nodes on a machine boundary need it)
+
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise MessageError(f"image.jpeg_quality: expected an int in [1, 100], got {quality!r}")
+    _, raw_meta = encode("image", image_bgr, **meta)  # the frame itself must be a valid image
+    t0 = time.perf_counter()
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image_bgr), [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    encode_ms = (time.perf_counter() - t0) * 1e3
+    if not ok:
+        raise MessageError(f"image: OpenCV could not JPEG-encode a {image_bgr.shape} frame")
+    data = np.frombuffer(buf.tobytes(), np.uint8)
+    out = {**raw_meta, "encoding": JPEG_ENCODING, "jpeg_quality": int(quality), "jpeg_bytes": int(data.size),
+           "encode_ms": round(encode_ms, 3)}
+    return pa.array(data), out
+
+
+def decode_jpeg_image(value: Any, metadata: Mapping[str, Any] | None) -> Message:
+    """The inverse of :func:`encode_jpeg_image`: a validated bgr8 ``image`` :class:`Message` whose metadata
+    says ``encoding: bgr8`` again and carries ``decode_ms`` (the decompression time here)."""
+    import cv2  # noqa: PLC0415
+
+    meta = {k: v for k, v in (metadata or {}).items() if k != "timestamp"}
+    if isinstance(value, pa.ChunkedArray):
+        value = value.combine_chunks()
+    if isinstance(value, pa.Array):
+        if value.type != pa.uint8() or value.null_count:
+            raise MessageError(f"image.data: a jpeg image must be a uint8 Arrow array without nulls, got "
+                               f"{value.type} with {value.null_count} null(s)")
+        buf = value.to_numpy(zero_copy_only=True)
+    elif isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 1:
+        buf = value
+    else:
+        raise MessageError(f"image.data: a jpeg image must be a flat uint8 array, got {type(value).__name__}")
+    if buf.size < 4 or bytes(buf[:2]) != _JPEG_SOI:
+        raise MessageError(f"image.data: encoding 'jpeg' but the {buf.size} bytes do not start with a JPEG "
+                           f"marker (ff d8)")
+    t0 = time.perf_counter()
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    decode_ms = (time.perf_counter() - t0) * 1e3
+    if image is None:
+        raise MessageError(f"image.data: OpenCV could not decode the {buf.size}-byte JPEG")
+    meta = {**meta, "encoding": SCHEMAS["image"].encoding, "decode_ms": round(decode_ms, 3)}
+    return Message("image", validate("image", image, meta), meta)
 
 
 # --- observation layout ------------------------------------------------------------------------

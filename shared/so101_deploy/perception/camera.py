@@ -57,6 +57,8 @@ SETTINGS = (
     Setting("SO101_CAMERA_RESIZE", "bool", False, "resize frames of another size to 640x480 (INTER_AREA) instead "
             "of refusing them"),
     Setting("SO101_CAMERA_MAX_FRAMES", "int", 0, "stop after this many frames (0: never)", min=0),
+    Setting("SO101_CAMERA_JPEG_QUALITY", "int", 0, "send each frame as a JPEG of this quality (1-100), for a "
+            "frame that crosses a network (docs/two-machines.md); 0: raw bgr8", min=0, max=100),
 ) + CALIBRATION_SETTINGS
 
 

@@ -76,3 +76,48 @@ class FrameGate:
         self._answered = set()
         self.counters.passed += 1
         return msg
+
+
+@dataclass
+class LinkStats:
+    """What the camera frames cost on their way to the gate, from their metadata: the payload size, the
+    JPEG encode (camera side) and decode (here) times, and capture -> arrival here.
+
+    The gate is the first node on the GPU machine in ``dataflow.two-machines.yml``; capture -> arrival
+    compares the camera machine's wall clock (``stamp_ns``) with this one's, so it is a one-way link
+    latency only when both clocks agree (one machine, or clocks kept in step by chrony/PTP);
+    docs/two-machines.md says how the cross-machine figures are taken."""
+
+    frames: int = 0
+    payload_bytes: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+    arrival_ms: list = field(default_factory=list)
+    encode_ms: list = field(default_factory=list)
+    decode_ms: list = field(default_factory=list)
+
+    def add(self, msg: Message, now_ns: int) -> None:
+        self.frames += 1
+        meta = msg.meta
+        self.payload_bytes += int(meta.get("jpeg_bytes", msg.data.nbytes))
+        self.first_ns = now_ns if self.first_ns is None else self.first_ns
+        self.last_ns = now_ns
+        self.arrival_ms.append((now_ns - msg.stamp_ns) / 1e6)
+        for key, values in (("encode_ms", self.encode_ms), ("decode_ms", self.decode_ms)):
+            if key in meta:
+                values.append(float(meta[key]))
+
+    def summary(self) -> dict:
+        import numpy as np  # noqa: PLC0415
+
+        def pct(v: list) -> dict | None:
+            return None if not v else {"p50": round(float(np.percentile(v, 50)), 3),
+                                       "p90": round(float(np.percentile(v, 90)), 3), "n": len(v)}
+
+        span_s = (self.last_ns - self.first_ns) / 1e9 if self.frames > 1 else 0.0
+        return {"frames": self.frames, "payload_bytes": self.payload_bytes,
+                "bytes_per_frame": round(self.payload_bytes / self.frames) if self.frames else 0,
+                "frames_per_s": round((self.frames - 1) / span_s, 3) if span_s > 0 else 0.0,
+                "bytes_per_s": round(self.payload_bytes * (self.frames - 1) / self.frames / span_s) if span_s > 0 else 0,
+                "capture_to_gate_ms": pct(self.arrival_ms), "encode_ms": pct(self.encode_ms),
+                "decode_ms": pct(self.decode_ms)}

@@ -162,8 +162,9 @@ class PolicyNode:
         t0 = time.perf_counter()
         action, space = self.runner.act(rgb, low_dim)
         latency_ms = (time.perf_counter() - t0) * 1e3
+        # sent_ns: when it left, so the receiver can time the hop (another machine: with synced clocks only)
         return encode("action", action, frame_id=msg.frame_id, stamp_ns=msg.stamp_ns, action_space=space,
-                      latency_ms=round(latency_ms, 3))
+                      latency_ms=round(latency_ms, 3), sent_ns=time.time_ns())
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "with it, when it agrees with fp32")
     p.add_argument("--graph-env", action="append", default=[], metavar="NODE:KEY=VALUE",
                    help="a setting for one node of the benchmarked graph (repeatable), e.g. depth:SO101_THREADS=2")
+    p.add_argument("--two-machines", action="store_true", help="also run dataflow.two-machines.yml with two daemons "
+                   "on loopback against one machine (so101_deploy.tools.two_machines.bench_link)")
     add_flows_argument(p)
 
 
@@ -348,6 +350,13 @@ def run(args: argparse.Namespace) -> int:
             result["graph_same_size"] = bench_graph(models, args.device, args.seconds, out / "graph_518", seg_backend,
                                                     depth_backend, HANDOFF_DEPTH_SIZE, flows=args.flows,
                                                     node_env=node_env)
+    if args.two_machines:
+        from so101_deploy.tools.two_machines import bench_link, flow_quality  # noqa: PLC0415
+
+        print(f"[bench] dataflow.two-machines.yml, two daemons on loopback vs one machine, {args.seconds:.0f} s each ...",
+              flush=True)
+        result["two_machines"] = bench_link(models, out / "two_machines", args.seconds, flow_quality(args.flows),
+                                            flows=args.flows, device=args.device)
     if args.int8_depth and args.device == "cpu" and "graph" not in args.skip:
         result.update(bench_int8_graph(models, args, out, seg_backend, depth_size, node_env))
     if "handoff" in result and result["handoff"]["rate_hz"] > 0:
@@ -399,6 +408,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"- the same graph with depth at {g['depth_size']} (the hand-off's size): **{g['control_rate_hz']} Hz**; "
                      f"capture-to-goal p50 {lat.get('p50', float('nan')):.0f} ms, p90 {lat.get('p90', float('nan')):.0f} ms; "
                      f"**{r.get('speedup_same_size_vs_handoff', 'n/a')}x** the hand-off pipeline")
+    if "two_machines" in r:
+        from so101_deploy.tools.two_machines import render_bench  # noqa: PLC0415
+
+        lines += ["", render_bench(r["two_machines"])]
     if "speedup_vs_handoff" in r:
         note = ""
         if "graph" in r and r["graph"]["control_rate_hz"] >= 0.9 * CAMERA_FPS:
