@@ -218,6 +218,8 @@ def test_two_daemons_on_loopback_run_the_flow_and_a_dead_gpu_host_parks_the_arm(
         wait_for(lambda: "RUN: following goals" in run.servo_log(), 300, "the servo node to RUN", poll_s=0.5)
         assert "sending frames as JPEG, quality 90" in cluster.node_log("robot", "camera")
         assert cluster.node_log("gpu", "seg") and not cluster.node_log("robot", "seg")
+        wait_for(lambda: "3 new camera frame(s) reached the arm" in cluster.node_log("robot", "monitor"), 300,
+                 "3 new camera frames to reach the arm", poll_s=0.5)
 
         killed = cluster.kill_machine("gpu")
         assert {pids[n] for n in GPU_SIDE} <= set(killed)

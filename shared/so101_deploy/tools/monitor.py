@@ -13,6 +13,7 @@ of a running graph.  It writes
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ import cv2
 import numpy as np
 
 from so101_deploy.core import trace
+
+logger = logging.getLogger(__name__)
+PROGRESS_LOG_AT = (1, 3, 10, 30, 100, 300)
 from so101_deploy.core.messages import Message
 from so101_deploy.core.settings import Setting
 
@@ -151,6 +155,9 @@ class Monitor:
             self.new_frame_goal_s.append(now_ns / 1e9)
             self.new_frame_latencies_ms.append((now_ns - msg.stamp_ns) / 1e6)
             self._max_goal_frame = msg.frame_id
+            n = len(self.new_frame_goal_s)
+            if n in PROGRESS_LOG_AT or n % 1000 == 0:  # a run in progress says it is moving (tests wait on it)
+                logger.info(f"{n} new camera frame(s) reached the arm")
             line = {k[len(trace.PREFIX):-3]: (v - msg.stamp_ns) / 1e6 for k, v in trace.stamps(msg.meta).items()}
             self.timelines[msg.frame_id] = {**line, "_capture_ns": msg.stamp_ns}
             while len(self.timelines) > self.keep_timelines:
