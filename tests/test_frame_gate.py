@@ -39,3 +39,56 @@ def test_a_lost_answer_times_out_instead_of_stalling():
     assert nxt.frame_id == 1 and gate.counters.timed_out == 1
     # the late answer of the timed-out frame does not release anything
     assert gate.on_result("mask", 0, 0.7) is None and gate.on_result("disparity", 0, 0.7) is None
+
+
+def test_seg_first_gives_depth_the_frame_when_its_mask_is_back():
+    gate = FrameGate(order="seg_first")
+    assert gate.on_image(frame(0), 0.0).frame_id == 0  # to seg
+    assert gate.take_depth() is None  # depth waits for the mask
+    gate.on_image(frame(1), 0.01)
+    assert gate.on_result("mask", 0, 0.05) is None and gate.take_depth().frame_id == 0
+    assert gate.take_depth() is None  # once per frame
+    assert gate.on_result("disparity", 0, 0.3).frame_id == 1 and gate.take_depth() is None
+    # a timed-out frame's depth turn is dropped with it
+    gate.on_image(frame(2), 0.31)
+    assert gate.on_tick(3.0).frame_id == 2 and gate.on_result("mask", 1, 3.1) is None and gate.take_depth() is None
+    assert gate.on_result("mask", 2, 3.2) is None and gate.take_depth().frame_id == 2
+
+
+def test_parallel_order_never_holds_a_frame_for_depth():
+    gate = FrameGate()
+    gate.on_image(frame(0), 0.0)
+    gate.on_result("mask", 0, 0.1)
+    assert gate.take_depth() is None
+
+
+def test_an_unknown_order_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="seg_first"):
+        FrameGate(order="depth_first")
+
+
+def test_the_node_refuses_seg_first_without_its_depth_output(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from conftest import StandInNode
+
+    class Wired(StandInNode):
+        def node_config(self):
+            return {"inputs": {}, "outputs": ["image"]}
+
+    script = Path(__file__).resolve().parent.parent / "nodes" / "frame_gate" / "main.py"
+    spec = importlib.util.spec_from_file_location("gate_main", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(node=Wired([{"type": "STOP"}]), env={"SO101_GATE_ORDER": "seg_first"}) == 2
+    assert "add it to the gate's outputs" in capsys.readouterr().err
+    # and with it wired, frames go to seg on `image`, then to depth on `depth_image` when the mask is back
+    image = encode("image", np.zeros((4, 6, 3), np.uint8), frame_id=0, stamp_ns=1)
+    mask = encode("seg_mask", np.zeros((4, 6), np.uint8), frame_id=0, stamp_ns=1, classes="real6")
+    node = StandInNode([{"type": "INPUT", "id": "image", "value": image[0], "metadata": image[1]},
+                        {"type": "INPUT", "id": "mask", "value": mask[0], "metadata": mask[1]}, {"type": "STOP"}])
+    assert module.main(node=node, env={"SO101_GATE_ORDER": "seg_first"}) == 0
+    assert [(out, meta["frame_id"]) for out, _, meta in node.sent] == [("image", 0), ("depth_image", 0)]

@@ -12,17 +12,21 @@ import sys
 import time
 
 from so101_deploy.core.messages import Message, encode
-from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
+from so101_deploy.core.node import RAW, Handlers, NodeSpec, StartError, run_node
 from so101_deploy.perception.frame_gate import SETTINGS, FrameGate, LinkStats
 
 SPEC = NodeSpec("frame_gate", SETTINGS,
                 inputs={"image": "image", "mask": "seg_mask", "disparity": "disparity", "tick": RAW},
-                outputs=("image",))
+                outputs=("image", "depth_image"))
 
 
 def build(settings, ctx) -> Handlers:
-    gate = FrameGate(timeout_s=settings["SO101_GATE_TIMEOUT_S"])
+    gate = FrameGate(timeout_s=settings["SO101_GATE_TIMEOUT_S"], order=settings["SO101_GATE_ORDER"])
     link = LinkStats()
+    wired = ctx.node_config().get("outputs")
+    if gate.order == "seg_first" and wired is not None and "depth_image" not in wired:
+        raise StartError("frame_gate: SO101_GATE_ORDER=seg_first sends depth its frame on output 'depth_image': "
+                         "add it to the gate's outputs and wire depth's image input to frame_gate/depth_image")
 
     def on_image(msg: Message) -> None:
         link.add(msg, time.time_ns())
@@ -35,6 +39,9 @@ def build(settings, ctx) -> Handlers:
     def send(msg: Message | None) -> None:
         if msg is not None:
             ctx.send("image", *encode("image", msg.data, **msg.meta))
+        ready = gate.take_depth()  # seg_first: the mask of the frame in flight is back
+        if ready is not None:
+            ctx.send("depth_image", *encode("image", ready.data, **ready.meta))
 
     return Handlers(
         on_input={"image": on_image,

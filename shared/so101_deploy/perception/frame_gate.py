@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 from so101_deploy.core.messages import Message
 from so101_deploy.core.settings import Setting
 
+ORDERS = ("parallel", "seg_first")
+
 SETTINGS = (
     Setting("SO101_GATE_TIMEOUT_S", "float", 2.0, "pass the next frame anyway when an answer has not come "
             "back after this long", min=0.05, max=60.0),
+    Setting("SO101_GATE_ORDER", "choice", "parallel", "parallel: seg and depth get the frame at once (on a GPU, or "
+            "with cores to spare); seg_first: depth gets it (output depth_image) when seg's mask is back, so the "
+            "two never share the CPU cores", choices=ORDERS),
 )
 
 
@@ -34,12 +39,22 @@ class GateCounters:
 
 @dataclass
 class FrameGate:
+    """``order="seg_first"``: the frame goes to seg first and to depth (:meth:`take_depth`) when its mask is
+    back.  On a CPU the two models then each get every core in turn instead of slowing each other down (two
+    thread pools on two cores); the frame's latency is seg + depth either way."""
     timeout_s: float = 2.0
+    order: str = "parallel"
     counters: GateCounters = field(default_factory=GateCounters)
+    _for_depth: Message | None = None  # seg_first: the frame in flight, until depth may have it
+    _depth_ready: Message | None = None
     _newest: Message | None = None
     _in_flight: int | None = None  # frame_id passed and not yet answered by both models
     _in_flight_since_s: float = 0.0
     _answered: set = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"frame gate order {self.order!r}: expected one of {list(ORDERS)}")
 
     def on_image(self, msg: Message, now_s: float) -> Message | None:
         """A camera frame: pass it at once when the pipeline is idle, else keep it as the newest."""
@@ -53,11 +68,18 @@ class FrameGate:
         if self._in_flight is None or frame_id != self._in_flight:
             return None
         self._answered.add(kind)
+        if kind == "mask" and self._for_depth is not None:
+            self._depth_ready, self._for_depth = self._for_depth, None
         if {"mask", "disparity"} <= self._answered:
             self.counters.completed += 1
             self._in_flight = None
             return self._release(now_s)
         return None
+
+    def take_depth(self) -> Message | None:
+        """seg_first: the frame depth may work on now (once per frame), else None."""
+        msg, self._depth_ready = self._depth_ready, None
+        return msg
 
     def on_tick(self, now_s: float) -> Message | None:
         """A model that never answers (dropped frame, crash) must not stall the arm's perception."""
@@ -74,6 +96,8 @@ class FrameGate:
         self._in_flight = msg.frame_id
         self._in_flight_since_s = now_s
         self._answered = set()
+        self._for_depth = msg if self.order == "seg_first" else None
+        self._depth_ready = None
         self.counters.passed += 1
         return msg
 
