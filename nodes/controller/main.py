@@ -10,7 +10,7 @@ Settings: so101_deploy.arm.controller.SETTINGS and SO101_GRIPPERFRAME.
 import sys
 import time
 
-from so101_deploy.arm.controller import SETTINGS, ControllerError, Output, control_loop_from_settings
+from so101_deploy.arm.controller import SETTINGS, ControllerError, Output, control_loop_from_settings, explain_meta
 from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING
 from so101_deploy.core.messages import Message, MessageError, encode, now_ns
 from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
@@ -28,7 +28,8 @@ def build(settings, ctx) -> Handlers:
     def send(out: Output | None, frame_id: int, stamp_ns: int) -> None:
         if out is not None:
             ctx.send("goal", *encode("joint_goal", out.goal_rad, frame_id=frame_id, stamp_ns=stamp_ns,
-                                     events=",".join(out.events), mode=out.mode, source=out.source))
+                                     events=",".join(out.events), mode=out.mode, source=out.source,
+                                     **explain_meta(out)))
 
     def on_action(msg: Message) -> None:
         last_frame["frame_id"] = msg.frame_id

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-flow": ("so101_deploy.tools.check_flow", "check a dataflow's wiring and settings against what each node declares"),
     "infer": ("so101_deploy.tools.infer", "run seg, depth, observation and policy offline on image files; write outputs"),
     "faults": ("so101_deploy.tools.faults", "run the fault matrix (kill -9 nodes, e-stop, sag, bad settings) on the software bus; write docs/faults.md"),
+    "view": ("so101_deploy.tools.viewer", "turn a recording folder into a rerun .rrd with the live view's entities"),
     "sim-lift": ("so101_deploy.tools.sim_lift", "scripted cube lift in the MuJoCo sim through controller + safety (success rate, timings)"),
 }
 
