@@ -254,3 +254,100 @@ def test_a_hub_camera_feeds_the_recorder_and_the_viewer_under_dora(tmp_path, ven
     got = V.read_rrd_counts(rrd)
     assert 1 <= got["world/camera/image"] <= n + 5  # queue_size 1: the viewer may skip frames, never adds
     assert f"logged {got['world/camera/image']} rows to 1 entities" in res.log
+
+
+def _pids_with_env(key: str, value: str) -> list[int]:
+    """Live processes whose environment has key=value (a node dora started with that env)."""
+    want = f"{key}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if want in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.integration
+def test_a_viewer_killed_mid_run_does_not_stop_the_graph(tmp_path, venv_bin):
+    """kill -9 of the viewer: the camera -> recorder path keeps going (the viewer has no outputs, nothing
+    waits for it)."""
+    import signal
+
+    from so101_deploy.core.dataflow import run_dataflow
+
+    rec_dir, rrd = tmp_path / "rec", tmp_path / "view.rrd"
+    flow = {"nodes": [
+        {"id": "camera", "path": str(REPO_ROOT / "tests" / "data" / "hub_camera_standin.py"),
+         "inputs": {"tick": "dora/timer/millis/50"}, "outputs": ["image"]},
+        {"id": "recorder", "path": str(REPO_ROOT / "nodes" / "recorder" / "main.py"),
+         "env": {"SO101_RECORD_DIR": str(rec_dir)},
+         "inputs": {"image": "camera/image", "tick": "dora/timer/millis/100"}},
+        {"id": "viewer", "path": str(REPO_ROOT / "nodes" / "viewer" / "main.py"),
+         "env": {"SO101_VIEW_MODE": "save", "SO101_VIEW_RRD": str(rrd)},
+         "inputs": {"image": {"source": "camera/image", "queue_size": 1}}},
+    ]}
+    path = tmp_path / "kill.yml"
+    path.write_text(yaml.safe_dump(flow))
+    state = {"killed_at": None}
+
+    def until(log: str) -> bool:
+        n = recorded_count(rec_dir / "image.arrow")
+        if state["killed_at"] is None:
+            if "rerun view (save)" in log and n >= 3:
+                pids = _pids_with_env("SO101_VIEW_RRD", str(rrd))
+                assert len(pids) == 1, pids
+                os.kill(pids[0], signal.SIGKILL)
+                state["killed_at"] = n
+            return False
+        return n >= state["killed_at"] + 10  # ten more frames recorded after the viewer died
+
+    env = {"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    res = run_dataflow(path, 120, extra_env=env, grace_s=60, until=until)
+    assert state["killed_at"] is not None and res.condition_met, res.log[-3000:]
+    msgs = read_recording(rec_dir)["image"]
+    assert [m.frame_id for m in msgs] == list(range(len(msgs)))  # nothing lost on the recorder's side
+    assert not _pids_with_env("SO101_VIEW_RRD", str(rrd))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_the_served_web_viewer_draws_the_run_in_headless_chromium(tmp_path):
+    """Serve mode (a headless robot computer): the web viewer on a local port, opened by headless Chromium
+    (software WebGL); the screenshot must show the drawn view, not a loading page."""
+    from so101_deploy.tools.web_shot import ShotError, find_chromium, screenshot
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium): the served viewer is not screenshotted")
+    web, grpc = _free_port(), _free_port()
+    rec, url = V.open_stream("serve", web_port=web, grpc_port=grpc)
+    assert url.startswith(f"http://127.0.0.1:{web}/?url=rerun+http://127.0.0.1:{grpc}/proxy")
+    view = V.RerunView(rec, V.ArmModel())
+    handlers = view.handlers()
+    recorded = read_recording(LEARNED)
+    for _, topic, msg in sorted(((m.stamp_ns, t, m) for t, ms in recorded.items() if t in V.INPUTS for m in ms),
+                                key=lambda r: r[0]):
+        handlers[topic](msg)
+    rec.flush()
+    out = tmp_path / "served.png"
+    try:
+        colours = screenshot(url.replace("rerun+http", "rerun%2Bhttp"), out, 1200, 800, timeout_s=150)
+    except ShotError as e:
+        if "no WebGL" in str(e):
+            pytest.skip(f"headless Chromium cannot render the web viewer here: {e}")
+        raise
+    finally:
+        rec.disconnect()
+    import cv2
+
+    img = cv2.imread(str(out))
+    assert img.shape == (800, 1200, 3) and colours >= 5000

@@ -70,6 +70,10 @@ SETTINGS = (
     Setting("SO101_VIEW_MEMORY_LIMIT", "str", "1GiB", "serve mode: data kept for late web clients (oldest dropped)"),
     Setting("SO101_VIEW_IMAGE_EVERY", "int", 1, "log every n-th camera image, mask and disparity (1 = all)",
             min=1, max=1000),
+    Setting("SO101_VIEW_SCALE", "float", 0.5, "camera image, mask and depth logged at this fraction of the "
+            "frame's size (the camera model follows); 1 = full size", min=0.05, max=1.0),
+    Setting("SO101_VIEW_JPEG_QUALITY", "int", 85, "the camera image is logged as JPEG of this quality "
+            "(a .rrd and the web viewer's traffic ~30x smaller); 0 = raw pixels", min=0, max=100),
     GRIPPERFRAME_SETTING,
 )
 
@@ -201,9 +205,13 @@ class RerunView:
     latency then, as when converting a recording)."""
 
     def __init__(self, rec: Any, arm: ArmModel | None = None, image_every: int = 1,
-                 clock: Callable[[], int] | None = time.time_ns):
+                 clock: Callable[[], int] | None = time.time_ns, scale: float = 0.5, jpeg_quality: int = 85):
         if image_every < 1:
             raise ViewError(f"image_every must be >= 1, got {image_every}")
+        if not 0 < scale <= 1 or not 0 <= jpeg_quality <= 100:
+            raise ViewError(f"scale must be in (0, 1] and jpeg_quality in 0..100, got {scale}, {jpeg_quality}")
+        self.scale = float(scale)
+        self.jpeg_quality = int(jpeg_quality)
         self.rr = _rr()
         self.rec = rec
         self.arm = arm
@@ -258,7 +266,11 @@ class RerunView:
                                                      image_plane_distance=0.05), static=True)
 
     def _fit(self, img: np.ndarray, interp: int) -> np.ndarray:
-        if self._resolution is None or img.shape[:2] == self._resolution:
+        """``img`` at the camera model's size (set here from this frame's, scaled, if none came yet)."""
+        if self._resolution is None:
+            h, w = img.shape[:2]
+            self._camera_model(max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+        if img.shape[:2] == self._resolution:
             return img
         h, w = self._resolution
         return cv2.resize(img, (w, h), interpolation=interp)
@@ -269,8 +281,9 @@ class RerunView:
             return
         self._time(msg)
         h, w = msg.data.shape[:2]
-        self._camera_model(h, w)
-        self._log(ENTITIES["image"], self.rr.Image(np.ascontiguousarray(msg.data), color_model="BGR"))
+        self._camera_model(max(1, round(h * self.scale)), max(1, round(w * self.scale)))
+        image = self.rr.Image(self._fit(np.ascontiguousarray(msg.data), cv2.INTER_AREA), color_model="BGR")
+        self._log(ENTITIES["image"], image.compress(jpeg_quality=self.jpeg_quality) if self.jpeg_quality else image)
 
     def on_mask(self, msg: Message) -> None:
         self._time(msg)
@@ -287,9 +300,9 @@ class RerunView:
         self._latency("depth", msg)
         if not self._keep("disparity"):
             return
-        depth = self._fit(pseudo_depth(msg.data), cv2.INTER_AREA)
-        self._log(ENTITIES["depth"], self.rr.DepthImage(depth, meter=1.0,
-                                                        depth_range=(PSEUDO_DEPTH_NEAR_M, PSEUDO_DEPTH_FAR_M)))
+        depth_mm = np.rint(self._fit(pseudo_depth(msg.data), cv2.INTER_AREA) * 1000).astype(np.uint16)
+        self._log(ENTITIES["depth"], self.rr.DepthImage(depth_mm, meter=1000.0,
+                                                        depth_range=(PSEUDO_DEPTH_NEAR_M * 1000, PSEUDO_DEPTH_FAR_M * 1000)))
 
     def on_observation(self, msg: Message) -> None:
         self._time(msg)
@@ -341,7 +354,7 @@ class RerunView:
         self._log(ENTITIES["arm"], rr.Capsules3D(
             lengths=np.linalg.norm(ends - starts, axis=1), radii=[ArmModel.RADIUS_M] * len(segs), translations=starts,
             quaternions=[rr.Quaternion(xyzw=_quat_z_to(e - s)) for s, e in zip(starts, ends)],
-            labels=[n for n, _, _ in segs], colors=[(200, 200, 200)] * (len(segs) - 2) + [(230, 160, 40), (60, 220, 60)]))
+            labels=[n for n, _, _ in segs], show_labels=False, colors=[(200, 200, 200)] * (len(segs) - 2) + [(230, 160, 40), (60, 220, 60)]))
         self._log(ENTITIES["camera"], rr.Transform3D(translation=cam_pos,
                                                      quaternion=rr.Quaternion(xyzw=_quat_from_mat(cam_mat))))
 
@@ -360,6 +373,38 @@ class RerunView:
                 "joint_state": self.on_joint_state, "estop": self.on_estop}
 
 
+# --- the layout ----------------------------------------------------------------------------------------
+
+def blueprint() -> Any:
+    """The default layout: camera + mask, depth, the 3-D scene; the observation, action, target; a plot per
+    joint; latency and the event log."""
+    import rerun.blueprint as rrb  # noqa: PLC0415
+
+    cam = ENTITIES["camera"]
+    return rrb.Blueprint(
+        rrb.Horizontal(
+            rrb.Vertical(
+                rrb.Spatial2DView(origin=cam, contents=[f"+ {ENTITIES['image']}", f"+ {ENTITIES['mask']}"],
+                                  name="camera + learned mask"),
+                rrb.Spatial2DView(origin=cam, contents=[f"+ {ENTITIES['depth']}"], name="disparity as depth"),
+                rrb.Spatial3DView(origin="world", name="arm, target, camera, point cloud"),
+            ),
+            rrb.Vertical(
+                rrb.Horizontal(*[rrb.Spatial2DView(origin=f"policy/observation/frame_{k}", name=f"obs t-{2 - k}")
+                                 for k in range(OBS_FRAMES)]),
+                rrb.TimeSeriesView(origin=ENTITIES["action"], name="action"),
+                rrb.TimeSeriesView(origin=ENTITIES["target"], name="Cartesian target (m)"),
+                rrb.TimeSeriesView(origin="latency", name="capture -> stage sent (ms)"),
+                rrb.TextLogView(origin="events", name="safety and e-stop"),
+            ),
+            rrb.Grid(*[rrb.TimeSeriesView(origin=f"joints/{j}", name=f"{j} (rad)") for j in JOINT_NAMES],
+                     grid_columns=1),
+            column_shares=[3, 3, 2],
+        ),
+        collapse_panels=True,
+    )
+
+
 # --- where the data goes -------------------------------------------------------------------------------
 
 def open_stream(mode: str, *, rrd: str | Path | None = None, web_port: int = 9090, grpc_port: int = 9876,
@@ -375,15 +420,15 @@ def open_stream(mode: str, *, rrd: str | Path | None = None, web_port: int = 909
             raise ViewError("save mode needs a .rrd path")
         path = Path(rrd)
         path.parent.mkdir(parents=True, exist_ok=True)
-        rec.save(path)
+        rec.save(path, default_blueprint=blueprint())
         return rec, str(path.resolve())
     if mode == "spawn":
-        rec.spawn(port=grpc_port)
+        rec.spawn(port=grpc_port, default_blueprint=blueprint())
         return rec, f"a desktop viewer on port {grpc_port}"
     if mode == "connect":
-        rec.connect_grpc(url)
+        rec.connect_grpc(url, default_blueprint=blueprint())
         return rec, str(url)
-    server = rec.serve_grpc(grpc_port=grpc_port, server_memory_limit=memory_limit)
+    server = rec.serve_grpc(grpc_port=grpc_port, server_memory_limit=memory_limit, default_blueprint=blueprint())
     rr.serve_web_viewer(web_port=web_port, open_browser=open_browser, connect_to=server)
     return rec, f"http://127.0.0.1:{web_port}/?url={server}"
 
@@ -392,7 +437,8 @@ def view_from_settings(settings: Mapping[str, Any]) -> tuple[RerunView, str]:
     rec, where = open_stream(settings["SO101_VIEW_MODE"], rrd=settings["SO101_VIEW_RRD"],
                              web_port=settings["SO101_VIEW_WEB_PORT"], grpc_port=settings["SO101_VIEW_GRPC_PORT"],
                              url=settings["SO101_VIEW_URL"], memory_limit=settings["SO101_VIEW_MEMORY_LIMIT"])
-    return RerunView(rec, ArmModel(settings["SO101_GRIPPERFRAME"]), image_every=settings["SO101_VIEW_IMAGE_EVERY"]), where
+    return RerunView(rec, ArmModel(settings["SO101_GRIPPERFRAME"]), image_every=settings["SO101_VIEW_IMAGE_EVERY"],
+                     scale=settings["SO101_VIEW_SCALE"], jpeg_quality=settings["SO101_VIEW_JPEG_QUALITY"]), where
 
 
 # --- a recording folder -> .rrd ---------------------------------------------------------------------------
