@@ -88,6 +88,11 @@ def test_the_rrd_carries_the_class_names_the_camera_model_and_the_arm(tmp_path):
     columns = {c for b in cam for c in b.schema.names}
     assert {"AnnotationContext:context", "Pinhole:image_from_camera"} <= columns, columns  # so the depth is a point cloud
     assert "policy/observation" in static  # the sim 5-class context of the observation planes
+    # the camera planes at SO101_VIEW_SCALE 0.5 of the 640x480 frames, the image as JPEG
+    assert "[320.0, 240.0]" in text
+    image_columns = {c for chunk in RrdReader(str(out)).stream().to_chunks()
+                     if str(chunk.entity_path) == "/world/camera/image" for c in chunk.to_record_batch().schema.names}
+    assert "EncodedImage:blob" in image_columns, image_columns
 
 
 def test_the_arm_model_follows_the_controller_kinematics():
@@ -351,3 +356,33 @@ def test_the_served_web_viewer_draws_the_run_in_headless_chromium(tmp_path):
 
     img = cv2.imread(str(out))
     assert img.shape == (800, 1200, 3) and colours >= 5000
+
+
+def test_the_readme_s_viewer_block_joins_the_real_arm_flow(tmp_path):
+    """The README's one YAML block, added to dataflow.yml: every input it wires exists, dora 1.1 validates
+    it with strict types, and the project's own start-up checks pass."""
+    import re
+    import subprocess
+
+    from so101_deploy.core.dataflow import dora_executable
+    from so101_deploy.tools.check_flow import check_flow
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Live view (rerun)", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    (node,) = yaml.safe_load(block)
+    assert node["id"] == "viewer" and set(node["inputs"]) == set(V.INPUTS)
+    heavy = {"image", "mask", "disparity", "observation"}
+    assert all(v["queue_size"] == (1 if k in heavy else 10) for k, v in node["inputs"].items())
+    flow = yaml.safe_load((REPO_ROOT / "dataflow.yml").read_text())
+    for n in flow["nodes"]:
+        n["path"] = str(REPO_ROOT / n["path"])
+    node["path"] = str(REPO_ROOT / node["path"])
+    flow["nodes"].append(node)
+    path = tmp_path / "dataflow.with-viewer.yml"
+    path.write_text(yaml.safe_dump(flow))
+    found, _ = check_flow(path)
+    assert found == []
+    res = subprocess.run([dora_executable(), "validate", "--strict-types", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0 and "All type annotations OK" in res.stdout + res.stderr, res.stdout + res.stderr
