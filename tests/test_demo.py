@@ -53,7 +53,7 @@ def test_demo_learned_perception_on_the_sim_arm(tmp_path):
     assert view["world/camera/image"] >= 2 and view["world/camera/depth"] >= 2 and view["world/camera/mask"] >= 2
     assert view["policy/action"] >= 2 and view["policy/observation/frame_2/seg"] >= 2
     assert view["controller/target"] >= 2 and view["joints/gripper/clamp"] >= 2 and view["world/arm"] >= 2
-    assert view["latency/policy"] >= 2 and 2 <= view["joints/shoulder_pan/goal"] <= rep["messages"]["goal"]
+    assert view["latency/policy"] >= 2 and view["joints/shoulder_pan/goal"] >= 2
 
 
 @pytest.mark.integration
