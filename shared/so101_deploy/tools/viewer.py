@@ -67,7 +67,7 @@ SETTINGS = (
     Setting("SO101_VIEW_GRPC_PORT", "int", 9876, "serve mode: the port the web viewer reads the data from "
             "(also spawn mode's viewer port)", min=1, max=65535),
     Setting("SO101_VIEW_URL", "str", "rerun+http://127.0.0.1:9876/proxy", "connect mode: the viewer to send to"),
-    Setting("SO101_VIEW_MEMORY_LIMIT", "str", "1GiB", "serve mode: data kept for late web clients (oldest dropped)"),
+    Setting("SO101_VIEW_MEMORY_LIMIT", "str", "256MiB", "serve mode: data kept for late web clients (oldest dropped)"),
     Setting("SO101_VIEW_IMAGE_EVERY", "int", 1, "log every n-th camera image, mask and disparity (1 = all)",
             min=1, max=1000),
     Setting("SO101_VIEW_SCALE", "float", 0.5, "camera image, mask and depth logged at this fraction of the "
@@ -411,7 +411,7 @@ def blueprint() -> Any:
 # --- where the data goes -------------------------------------------------------------------------------
 
 def open_stream(mode: str, *, rrd: str | Path | None = None, web_port: int = 9090, grpc_port: int = 9876,
-                url: str | None = None, memory_limit: str = "1GiB", open_browser: bool = False,
+                url: str | None = None, memory_limit: str = "256MiB", open_browser: bool = False,
                 recording_id: str | None = None) -> tuple[Any, str]:
     """A recording stream with its sink for ``mode``; returns (stream, where to look)."""
     rr = _rr()
