@@ -1,6 +1,7 @@
-"""A stand-in for dora-hub's `opencv-video-capture` 0.5.0 camera, sending exactly its format: on each `tick`,
-one frame as a flat uint8 Arrow array with metadata {"encoding": "bgr8", "width": W, "height": H} and
-nothing else (no frame_id, no stamp_ns).  The frames are the project's generated test video, so a test can
+"""A stand-in for dora-hub's `opencv-video-capture` 0.5.0 camera, sending exactly its format (its main.py: the
+tick's metadata less `timestamp`, plus encoding/width/height/primitive): on each `tick`, one frame as a flat
+uint8 Arrow array with metadata {"encoding": "bgr8", "width": W, "height": H, "primitive": "image"}, no
+frame_id, no stamp_ns.  The frames are the project's generated test video, so a test can
 tell them apart (``so101_deploy.sim.synthetic.read_frame_index``).  Used by tests/test_viewer.py."""
 
 import os
@@ -19,7 +20,8 @@ def main() -> None:
         if event["type"] == "INPUT" and event["id"] == "tick":
             frame = render_frame(n % 30)
             assert frame.shape == (height, width, 3)
-            node.send_output("image", pa.array(frame.ravel()), {"encoding": "bgr8", "width": width, "height": height})
+            node.send_output("image", pa.array(frame.ravel()), {"encoding": "bgr8", "width": width, "height": height,
+                                                          "primitive": "image"})
             n += 1
 
 
