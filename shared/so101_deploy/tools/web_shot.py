@@ -73,8 +73,9 @@ class _Pipe:
 
 
 def screenshot(url: str, out: str | Path, width: int = 1600, height: int = 1000, timeout_s: float = 90.0,
-               min_colours: int = 5000, poll_s: float = 1.0, chromium: str | None = None) -> int:
-    """Write the page at ``url`` to ``out`` (PNG) once it has ``min_colours`` distinct colours; returns them."""
+               min_colours: int = 5000, poll_s: float = 1.0, chromium: str | None = None, settle_s: float = 0.0) -> int:
+    """Write the page at ``url`` to ``out`` (PNG) once it has ``min_colours`` distinct colours and was open
+    ``settle_s`` (a live page keeps filling: e.g. a minute of a running graph); returns the colours."""
     exe = chromium or find_chromium()
     if exe is None:
         raise ShotError(f"no Chromium found (looked for {', '.join(CHROMIUM_NAMES)}); on Debian: apt-get install chromium")
@@ -95,7 +96,8 @@ def screenshot(url: str, out: str | Path, width: int = 1600, height: int = 1000,
     os.close(to_child_r)
     os.close(from_child_w)
     pipe = _Pipe(to_child_w, from_child_r)
-    deadline = time.monotonic() + timeout_s
+    opened = time.monotonic()
+    deadline = opened + max(timeout_s, settle_s + poll_s)
     best = 0
     try:
         targets = pipe.call("Target.getTargets", deadline)["targetInfos"]
@@ -108,7 +110,7 @@ def screenshot(url: str, out: str | Path, width: int = 1600, height: int = 1000,
         while True:
             png = base64.b64decode(pipe.call("Page.captureScreenshot", deadline, session, format="png")["data"])
             best = distinct_colours(png)
-            if best >= min_colours:
+            if best >= min_colours and time.monotonic() - opened >= settle_s:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
                 Path(out).write_bytes(png)
                 return best
@@ -134,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1600x1000", help="WIDTHxHEIGHT of the window (default 1600x1000)")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the page to draw")
     p.add_argument("--min-colours", type=int, default=5000)
+    p.add_argument("--settle", type=float, default=0.0, help="keep the page open at least this long (s) first")
     args = p.parse_args(argv)
     try:
         w, h = (int(x) for x in args.size.lower().split("x"))
-        n = screenshot(args.url, args.out, w, h, args.timeout, args.min_colours)
+        n = screenshot(args.url, args.out, w, h, args.timeout, args.min_colours, settle_s=args.settle)
     except (ShotError, ValueError) as e:
         print(f"web_shot: error: {e}")
         return 1
