@@ -46,6 +46,14 @@ def test_demo_learned_perception_on_the_sim_arm(tmp_path):
     assert still is not None and still.shape == (240, 960, 3)
     assert (tmp_path / "wrist_view.mp4").stat().st_size > 0
     assert "latency" in (tmp_path / "report.md").read_text()
+    # the live view, saved (--view save, the default): read back with the rerun SDK, each entity counted
+    from so101_deploy.tools.viewer import read_rrd_counts
+
+    view = read_rrd_counts(tmp_path / "view.rrd")
+    assert view["world/camera/image"] >= 2 and view["world/camera/depth"] >= 2 and view["world/camera/mask"] >= 2
+    assert view["policy/action"] >= 2 and view["policy/observation/frame_2/seg"] >= 2
+    assert view["controller/target"] >= 2 and view["joints/gripper/clamp"] >= 2 and view["world/arm"] >= 2
+    assert view["latency/policy"] >= 2 and view["joints/shoulder_pan/goal"] >= 2
 
 
 @pytest.mark.integration

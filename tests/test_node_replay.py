@@ -53,10 +53,16 @@ def rec(folder: Path, topic: str) -> Path:
     return path
 
 
+# keys added after the recordings were made: dora-hub's `primitive`, the controller's viewer metadata
+ADDED_SINCE_RECORDING = ("primitive", "requested_rad", "target_m")
+
+
 def same_meta(got, want, ignore=()) -> None:
-    """Equal metadata but for ``ignore`` and the timeline stamps (times of this run, not the recording's)."""
+    """Equal metadata but for ``ignore``, keys added since the recordings, and the timeline stamps (times of
+    this run, not the recording's)."""
     from so101_deploy.core.trace import is_stamp
 
+    ignore = tuple(ignore) + ADDED_SINCE_RECORDING
     g = {k: v for k, v in got.meta.items() if k not in ignore and not is_stamp(k)}
     w = {k: v for k, v in want.meta.items() if k not in ignore and not is_stamp(k)}
     assert g == w
@@ -495,12 +501,47 @@ def test_sim_arm_steps_on_the_recorded_goals_as_in_the_run(learned):
     assert node.raw("mask") == [] and node.raw("disparity") == []
 
 
-# --- all 13 ----------------------------------------------------------------------------------------------
+# --- viewer -----------------------------------------------------------------------------------------------
+
+def test_viewer_turns_the_recorded_run_into_an_rrd(tmp_path, learned):
+    from so101_deploy.tools.viewer import read_rrd_counts
+
+    inputs = ("joint_state", "image", "mask", "disparity", "observation", "action", "goal")
+    out = tmp_path / "run.rrd"
+    node = replay("viewer", ReplayNode([(t, rec(LEARNED, t)) for t in inputs]),
+                  {"SO101_VIEW_MODE": "save", "SO101_VIEW_RRD": str(out)})
+    assert node.sent == []  # a viewer sends nothing back into the graph
+    got = read_rrd_counts(out)
+    assert got["world/camera/image"] == len(learned["image"]) and got["world/camera/mask"] == len(learned["mask"])
+    assert got["world/camera/depth"] == len(learned["disparity"]) and got["policy/action"] == len(learned["action"])
+    assert got["joints/shoulder_pan/state"] == got["world/arm"] == len(learned["joint_state"])
+    assert got["policy/observation/frame_0/seg"] == len(learned["observation"])
+
+
+# --- lerobot_adapter -----------------------------------------------------------------------------------------
+
+def test_lerobot_adapter_sends_the_recorded_goals_in_degrees_and_percent(learned):
+    from so101_deploy.arm.calibration import EXAMPLE_PATH, Calibration
+    from so101_deploy.arm.lerobot_units import LeRobotUnits
+
+    units = LeRobotUnits(Calibration.example())
+    node = replay("lerobot_adapter", ReplayNode([("goal", rec(LEARNED, "goal"))], outputs=["goal", "joint_state"],
+                                                extra_inputs=("hub_joint_state",)),
+                  {"SO101_CALIBRATION": str(EXAMPLE_PATH)})
+    sent = [(v.to_numpy(), m) for o, v, m in node.sent if o == "goal"]
+    assert len(sent) == len(learned["goal"])
+    for (values, meta), want in zip(sent, learned["goal"]):
+        np.testing.assert_allclose(values[:5], np.rad2deg(want.data[:5]), rtol=1e-6, atol=1e-4)
+        np.testing.assert_allclose(values, units.to_lerobot(want.data), rtol=1e-6, atol=1e-4)
+        assert (meta["frame_id"], meta["stamp_ns"]) == (want.frame_id, want.stamp_ns)
+
+
+# --- all 15 ----------------------------------------------------------------------------------------------
 
 def test_every_node_has_a_replay_test_here():
     nodes = {p.parent.name for p in (REPO_ROOT / "nodes").glob("*/main.py")}
     text = Path(__file__).read_text()
-    assert len(nodes) == 13
+    assert len(nodes) == 15
     missing = [n for n in sorted(nodes) if f'replay("{n}"' not in text]
     assert not missing, f"nodes without a replay test: {missing}"
 

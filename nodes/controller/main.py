@@ -17,7 +17,7 @@ from so101_deploy.core.gl import no_rendering_here
 no_rendering_here()  # first: MuJoCo is used for kinematics only here, never to render (saves ~55 MB)
 
 from so101_deploy.arm.controller import SETTINGS, ActionAgeGate, ControllerError, HopTimes, Output, \
-    control_loop_from_settings
+    control_loop_from_settings, explain_meta
 from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING
 from so101_deploy.core.messages import Message, MessageError, encode, now_ns
 from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
@@ -35,7 +35,8 @@ def build(settings, ctx) -> Handlers:
     def send(out: Output | None, frame_id: int, stamp_ns: int) -> None:
         if out is not None:
             ctx.send("goal", *encode("joint_goal", out.goal_rad, frame_id=frame_id, stamp_ns=stamp_ns,
-                                     events=",".join(out.events), mode=out.mode, source=out.source))
+                                     events=",".join(out.events), mode=out.mode, source=out.source,
+                                     **explain_meta(out)))
 
     age = ActionAgeGate(settings["SO101_MAX_ACTION_AGE_S"])
 

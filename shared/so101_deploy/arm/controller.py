@@ -170,6 +170,8 @@ class Output:
     events: list[str]
     mode: str
     source: str  # "action" or "watchdog"
+    requested_rad: np.ndarray | None = None  # the goal before the safety filter (from an action)
+    target_m: np.ndarray | None = None  # the Cartesian target the goal steers to (cartesian actions)
 
 
 @dataclass
@@ -260,7 +262,11 @@ class ControlLoop:
             self._active = action_space
         goal = ctrl.step(action, self.present_rad)
         safe, events = self.safety.filter(goal, now_s)
-        return self._output(safe, events, action_space, "action")
+        out = self._output(safe, events, action_space, "action")
+        out.requested_rad = np.array(goal, dtype=np.float64)
+        target = getattr(ctrl, "target_m", None)
+        out.target_m = None if target is None else np.array(target, dtype=np.float64)
+        return out
 
     def on_tick(self, now_s: float) -> Output | None:
         """Watchdog tick: a hold goal when actions stopped, else None."""
@@ -295,6 +301,16 @@ class HopTimes:
             return {"n": 0}
         return {"n": len(self.ms), "p50": round(float(np.percentile(self.ms, 50)), 3),
                 "p90": round(float(np.percentile(self.ms, 90)), 3)}
+
+
+def explain_meta(out: Output) -> dict[str, str]:
+    """The goal's ``requested_rad`` (before the safety filter) and ``target_m`` as comma-separated numbers
+    (metadata values every dora node and the recorder keep as they are); a non-finite one is left out."""
+    meta = {}
+    for key, v in (("requested_rad", out.requested_rad), ("target_m", out.target_m)):
+        if v is not None and np.all(np.isfinite(v)):
+            meta[key] = ",".join(f"{float(x):.6f}" for x in v)
+    return meta
 
 
 def limits_with_calibration(kin: Kinematics, calibration_path: str | None) -> JointLimits:

@@ -13,6 +13,7 @@ Zero copy: ``encode`` wraps the C-contiguous numpy buffer in an Arrow array with
 
 from __future__ import annotations
 
+import datetime as _dt
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -99,6 +100,7 @@ class Message:
     name: str
     data: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    sent_ns: int | None = None  # dora's send timestamp (Unix ns) when it came through dora, else None
 
     @property
     def frame_id(self) -> int:
@@ -212,6 +214,8 @@ def encode(name: str, data: np.ndarray, **meta: Any) -> tuple[pa.Array, dict[str
         elif isinstance(v, np.floating):
             meta[k] = float(v)
     data = validate(name, data, meta)
+    if name in HUB_PRIMITIVES:  # what dora-hub's viewers (dora-rerun) read to pick a visualisation
+        meta.setdefault("primitive", HUB_PRIMITIVES[name])
     flat = np.ascontiguousarray(data).reshape(-1)
     return pa.array(flat), meta
 
@@ -322,3 +326,60 @@ def split_observation(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The inverse of :func:`join_observation`: rgb (3,2,84,84) float32 0-255, low_dim_state (3,18)."""
     flat = np.asarray(flat).reshape(-1)
     return flat[:_OBS_RGB_N].reshape(OBS_RGB_SHAPE), flat[_OBS_RGB_N:].reshape(OBS_LOWDIM_SHAPE)
+
+
+# --- dora-hub conventions --------------------------------------------------------------------------
+#
+# dora-hub nodes (e.g. the `opencv-video-capture` camera) send a frame as flat uint8 with metadata
+# encoding/width/height only: no frame_id, no stamp_ns.  HubStamps fills them in, per input, from a
+# counter and dora's own `timestamp` metadata (the sender's clock when the message was sent), so a hub
+# camera plugs into frame_gate, seg, depth and the recorder.  Going out, `encode` adds the `primitive`
+# key that dora-hub's viewers read.
+
+HUB_PRIMITIVES = {"image": "image", "disparity": "depth"}
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_STAMP_KEYS = ("frame_id", "stamp_ns")
+
+
+def dora_timestamp_ns(metadata: Mapping[str, Any] | None) -> int | None:
+    """dora's ``timestamp`` metadata (a datetime, or ns / s as a number) as Unix ns; None if absent."""
+    ts = (metadata or {}).get("timestamp")
+    if ts is None:
+        return None
+    if isinstance(ts, _dt.datetime):  # what dora 1.1 gives Python nodes; exact to its microseconds
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=_dt.timezone.utc)
+        return (ts - _EPOCH) // _dt.timedelta(microseconds=1) * 1000
+    if isinstance(ts, (int, np.integer)) and not isinstance(ts, bool):
+        return int(ts)
+    if isinstance(ts, (float, np.floating)):
+        return int(round(float(ts) * 1e9))
+    raise MessageError(f"metadata.timestamp: expected a datetime or a number, got {type(ts).__name__}")
+
+
+class HubStamps:
+    """Fills ``frame_id``/``stamp_ns`` into the messages of one input that come without them.
+
+    ``frame_id`` counts the messages that needed it (0, 1, 2, ...); ``stamp_ns`` is dora's send
+    timestamp, else the receive time.  A message that carries either key is left as it is (a
+    half-stamped message is still rejected by the schema check).  ``filled`` counts what was filled;
+    ``on_first`` is called once, with a one-line description, the first time it happens."""
+
+    def __init__(self, input_id: str, on_first: Any = None):
+        self.input_id = input_id
+        self.filled = 0
+        self._on_first = on_first
+
+    def fill(self, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        meta = dict(metadata or {})
+        if any(k in meta for k in _STAMP_KEYS):
+            return meta
+        sent = dora_timestamp_ns(meta)
+        meta["frame_id"] = self.filled
+        meta["stamp_ns"] = sent if sent is not None else now_ns()
+        if self.filled == 0 and self._on_first is not None:
+            self._on_first(f"input {self.input_id!r} has no frame_id/stamp_ns (a dora-hub node?): numbering "
+                           f"its messages from 0 and stamping them with dora's "
+                           f"{'send timestamp' if sent is not None else 'receive time (no timestamp metadata)'}")
+        self.filled += 1
+        return meta

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 from so101_deploy.core import log as _log
 from so101_deploy.core import trace as _trace
 from so101_deploy.core import wiring as _wiring
-from so101_deploy.core.messages import Message, MessageError, decode
+from so101_deploy.core.messages import HubStamps, Message, MessageError, decode, dora_timestamp_ns
 from so101_deploy.core.settings import Setting, SettingError, Settings  # noqa: F401  (re-exported)
 
 class _CurrentInput:
@@ -92,6 +92,9 @@ class Handlers:
     exit_code: Callable[[], int] | None = None
     schemas: Mapping[str, str] | None = None
     on_closed: Callable[[str], None] | None = None
+    # RAW inputs from nodes outside the project (dora-hub drivers): the handler gets the Arrow value and
+    # the metadata and validates them itself (raising MessageError for a bad one: reported and counted)
+    on_raw: Mapping[str, Callable[[Any, Mapping[str, Any]], None]] = field(default_factory=dict)
 
 
 class NodeContext:
@@ -166,7 +169,7 @@ def run_node(spec: NodeSpec, build: Build, node: Any = None, env: Mapping[str, s
         schemas = handlers.schemas if handlers.schemas is not None else \
             {i: s for i, s in spec.inputs.items() if s is not RAW}
         stats = run(spec.name, schemas, handlers.on_input, on_tick=handlers.on_tick, on_stop=handlers.on_stop,
-                    node=dora_node, on_closed=handlers.on_closed)
+                    node=dora_node, on_closed=handlers.on_closed, on_raw=handlers.on_raw)
     except FatalError as e:
         logger.error(str(e))
         return e.exit_code
@@ -178,13 +181,15 @@ def run_node(spec: NodeSpec, build: Build, node: Any = None, env: Mapping[str, s
 def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Callable[[Message], None]],
         on_tick: Mapping[str, Callable[[], None]] | None = None,
         on_stop: Callable[[], None] | None = None, node: Any = None,
-        max_consecutive_errors: int = 50, on_closed: Callable[[str], None] | None = None) -> Stats:
+        max_consecutive_errors: int = 50, on_closed: Callable[[str], None] | None = None,
+        on_raw: Mapping[str, Callable[[Any, Mapping[str, Any]], None]] | None = None) -> Stats:
     """The checked event loop over ``node`` (a ``dora.Node`` or anything that yields its events).
 
     ``inputs`` maps input id -> message schema name; ``on_input`` maps input id -> handler(Message).
     ``on_tick`` maps raw input ids (timers, triggers) to no-argument callbacks.  ``on_stop`` always
     runs at the end (stop event, input closed, Ctrl-C, exception) so nodes that hold hardware release it.
     An input that closes for good ends the loop, unless ``on_closed(input_id)`` is given.
+    ``on_raw`` maps input ids to handler(value, metadata) for messages of foreign formats (dora-hub nodes).
     """
     logger = logging.getLogger(f"so101_deploy.node.{node_name}")
     if node is None:
@@ -193,6 +198,8 @@ def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Callab
         node = Node()
     stats = Stats()
     consecutive = 0
+    # images from dora-hub cameras come without frame_id/stamp_ns: filled per input (logged once)
+    hub = {iid: HubStamps(iid, logger.warning) for iid, schema in inputs.items() if schema == "image"}
     try:
         for event in node:
             kind = event["type"]
@@ -214,11 +221,18 @@ def run(node_name: str, inputs: Mapping[str, str], on_input: Mapping[str, Callab
             try:
                 if on_tick and iid in on_tick:
                     on_tick[iid]()
+                elif on_raw and iid in on_raw:
+                    stats.received += 1
+                    on_raw[iid](event["value"], event.get("metadata") or {})
                 elif iid in inputs:
                     stats.received += 1
-                    meta = dict(event.get("metadata") or {})
+                    metadata = event.get("metadata")
+                    if iid in hub:
+                        metadata = hub[iid].fill(metadata)
+                    meta = dict(metadata or {})
                     _trace.received(node_name, meta)
                     msg = decode(inputs[iid], event["value"], meta)
+                    msg.sent_ns = dora_timestamp_ns(metadata)
                     _current_input.meta = msg.meta
                     try:
                         on_input[iid](msg)

@@ -171,6 +171,8 @@ class Recorder:
 
     def record_message(self, topic: str, msg: Message) -> None:
         value, meta = encode(msg.name, msg.data, **msg.meta)
+        if "primitive" not in msg.meta:
+            meta.pop("primitive", None)  # a viewer hint `encode` adds: the recording keeps the metadata that came
         self.record(topic, msg.name, value, meta)
 
     def flush_due(self) -> list[str]:

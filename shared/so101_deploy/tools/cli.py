@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("so101_deploy.tools.infer", "run seg, depth, observation and policy offline on image files; write outputs"),
     "faults": ("so101_deploy.tools.faults", "run the fault matrix (kill -9 nodes, e-stop, sag, bad settings) on the software bus; write docs/faults.md"),
     "quantize-depth": ("so101_deploy.tools.quantize", "a static int8 export of the depth model, kept only if its observation agrees with fp32's"),
+    "view": ("so101_deploy.tools.viewer", "turn a recording folder into a rerun .rrd with the live view's entities"),
     "sim-lift": ("so101_deploy.tools.sim_lift", "scripted cube lift in the MuJoCo sim through controller + safety (success rate, timings)"),
     "two-machines": ("so101_deploy.tools.two_machines", "the two-machine flow: write its cluster copy (flow), measure JPEG (jpeg) and the link on loopback (bench)"),
 }

