@@ -54,8 +54,10 @@ def cache_path(cache_dir: str | Path | None, tag: str, digest: str, input_shape:
     return folder / f"{tag}-{digest}-{shape}.onnx"
 
 
-def export_onnx(module, input_shape: Sequence[int], path: str | Path, input_name: str, output_name: str) -> Path:
-    """Export ``module`` (fp32, eval, CPU) at a fixed ``input_shape``; written atomically."""
+def export_onnx(module, input_shape: Sequence[int], path: str | Path, input_name: str,
+                output_name: str | Sequence[str]) -> Path:
+    """Export ``module`` (fp32, eval, CPU) at a fixed ``input_shape``; written atomically.  ``output_name``:
+    one name, or one per output of a module that returns a tuple."""
     import torch
 
     path = Path(path)
@@ -68,7 +70,8 @@ def export_onnx(module, input_shape: Sequence[int], path: str | Path, input_name
             # the tracer warns that shapes become constants: exactly what a fixed-shape export means
             warnings.simplefilter("ignore")
             torch.onnx.export(module.eval(), (example,), tmp, dynamo=False, opset_version=OPSET,
-                              input_names=[input_name], output_names=[output_name])
+                              input_names=[input_name],
+                              output_names=[output_name] if isinstance(output_name, str) else list(output_name))
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)  # a crash mid-export never leaves a half-written cache file
     finally:
@@ -120,16 +123,17 @@ class OnnxSession:
             raise OnnxBackendError(f"{self.path}: graph input shape {graph_shape}, expected {self.input_shape}")
         self.input_name = inp.name
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: np.ndarray, output: str | None = None) -> np.ndarray:
+        """The graph's first output for ``x``, or the one named ``output`` (only that one is copied out)."""
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.shape != self.input_shape:
             got = (getattr(x, "dtype", type(x).__name__), getattr(x, "shape", None))
             raise OnnxBackendError(
                 f"{self.path.name} was exported for float32 input of shape {self.input_shape}, got "
                 f"{got[0]} {got[1]}; a graph fed another shape would return a wrong-size result")
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0]
+        return self.session.run(None if output is None else [output], {self.input_name: np.ascontiguousarray(x)})[0]
 
 
-def session_for(module, input_shape: Sequence[int], tag: str, input_name: str, output_name: str,
+def session_for(module, input_shape: Sequence[int], tag: str, input_name: str, output_name: str | Sequence[str],
                 cache_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> OnnxSession:
     """The session for ``module`` at ``input_shape``, exporting it into the cache when missing.
 
