@@ -326,15 +326,7 @@ def _onnx_bytes(model, spec: DrQV2Spec) -> bytes:
 
 
 def _onnx_session(model, spec: DrQV2Spec, device: str):
-    return onnx_policy_session_from_bytes(_onnx_bytes(model, spec), device)
-
-
-def onnx_policy_session_from_bytes(data: bytes, device: str):
-    import onnxruntime as ort
-
-    from so101_deploy.perception.onnx_backend import _providers
-
-    return ort.InferenceSession(data, providers=_providers(device))
+    return onnx_policy_session(_onnx_bytes(model, spec), device)
 
 
 def _export_onnx_file(model, spec: DrQV2Spec, path: Path) -> Path:
