@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from so101_deploy.core.settings import Settings
 from so101_deploy.perception.depth import SETTINGS as DEPTH_SETTINGS
@@ -113,10 +114,15 @@ def test_the_torch_backend_never_uses_a_manifest(tmp_path, fixture_weights):
 def test_ort_spin_setting_reaches_the_sessions(tmp_path, fixture_weights):
     from so101_deploy.perception import onnx_backend
 
-    env = {**_env(fixture_weights, tmp_path / "onnx")["seg"], "SO101_ORT_SPIN": "false"}
+    env = _env(fixture_weights, tmp_path / "onnx")["seg"]
     try:
-        seg = seg_model_from_settings(Settings("seg", SEG_SETTINGS, env))
-        options = seg.session.session.get_session_options()
-        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        for spin, entry in (("false", "0"), ("true", None)):
+            seg = seg_model_from_settings(Settings("seg", SEG_SETTINGS, {**env, "SO101_ORT_SPIN": spin}))
+            options = seg.session.session.get_session_options()
+            if entry is None:  # onnxruntime's own default (spinning): no entry set
+                with pytest.raises(Exception):
+                    options.get_session_config_entry("session.intra_op.allow_spinning")
+            else:
+                assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
     finally:
-        onnx_backend.SESSION_DEFAULTS["spinning"] = True
+        onnx_backend.SESSION_DEFAULTS["spinning"] = False

@@ -27,7 +27,7 @@ OPSET = 17
 EXPORT_FORMAT = "v1"
 DEFAULT_CACHE_DIR = Path("~/.cache/so101-deploy/onnx")
 # process-wide session options, set by a model node from its settings (SO101_ORT_SPIN) before it loads
-SESSION_DEFAULTS: dict = {"spinning": True}
+SESSION_DEFAULTS: dict = {"spinning": False}
 
 
 class OnnxBackendError(RuntimeError):
