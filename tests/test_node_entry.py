@@ -35,9 +35,10 @@ def bad_value(s: Setting) -> str:
     return {"float": "fast", "int": "1.5", "bool": "maybe", "choice": "no-such-choice"}.get(s.kind, "")
 
 
-def test_all_thirteen_nodes_have_one_entrypoint():
+def test_every_node_has_one_entrypoint():
     names = {p.parent.name for p in NODES}
-    assert len(names) == 13, names
+    assert names >= {"camera", "frame_gate", "seg", "depth", "observation", "policy", "controller", "servo", "estop",
+                     "recorder", "monitor", "sim_arm", "scripted_policy", "viewer", "lerobot_adapter"}, names
     for script in NODES:
         module = load(script)
         assert isinstance(module.SPEC, NodeSpec) and module.SPEC.name == script.parent.name
