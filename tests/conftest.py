@@ -129,3 +129,15 @@ class StandInNode:
 
     def send_output(self, output_id, value, metadata=None):
         self.sent.append((output_id, value, metadata))
+
+
+# An SO-101 calibration as LeRobot's calibrate() leaves it (drive_mode 0 everywhere, wrist_roll 0..4095):
+# the file test_lerobot.py drives LeRobot with and test_lerobot_units.py converts with
+LEROBOT_CAL = {
+    "shoulder_pan": {"id": 1, "drive_mode": 0, "homing_offset": -1032, "range_min": 713, "range_max": 3401},
+    "shoulder_lift": {"id": 2, "drive_mode": 0, "homing_offset": 988, "range_min": 811, "range_max": 3200},
+    "elbow_flex": {"id": 3, "drive_mode": 0, "homing_offset": 1402, "range_min": 1000, "range_max": 3144},
+    "wrist_flex": {"id": 4, "drive_mode": 0, "homing_offset": -12, "range_min": 857, "range_max": 3187},
+    "wrist_roll": {"id": 5, "drive_mode": 0, "homing_offset": -1560, "range_min": 0, "range_max": 4095},
+    "gripper": {"id": 6, "drive_mode": 0, "homing_offset": 1270, "range_min": 2022, "range_max": 3358},
+}

@@ -27,20 +27,14 @@ from so101_deploy.arm.calibration import GRIPPER_CLOSED_RAD, Calibration
 from so101_deploy.arm.emulator import EmulatedBus
 from so101_deploy.core.messages import JOINT_NAMES
 
+from conftest import LEROBOT_CAL
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]  # the first run installs LeRobot
 
 LEROBOT_VERSION = "0.6.1"
 VENV = Path(os.environ.get("SO101_LEROBOT_VENV", Path.home() / ".cache" / "so101-deploy" / "lerobot-venv"))
 
-# as LeRobot's calibrate() leaves it (drive_mode 0 everywhere, wrist_roll 0..4095)
-CAL = {
-    "shoulder_pan": {"id": 1, "drive_mode": 0, "homing_offset": -1032, "range_min": 713, "range_max": 3401},
-    "shoulder_lift": {"id": 2, "drive_mode": 0, "homing_offset": 988, "range_min": 811, "range_max": 3200},
-    "elbow_flex": {"id": 3, "drive_mode": 0, "homing_offset": 1402, "range_min": 1000, "range_max": 3144},
-    "wrist_flex": {"id": 4, "drive_mode": 0, "homing_offset": -12, "range_min": 857, "range_max": 3187},
-    "wrist_roll": {"id": 5, "drive_mode": 0, "homing_offset": -1560, "range_min": 0, "range_max": 4095},
-    "gripper": {"id": 6, "drive_mode": 0, "homing_offset": 1270, "range_min": 2022, "range_max": 3358},
-}
+CAL = LEROBOT_CAL
 
 # Runs in LeRobot's venv: python - MODE ARGS_JSON; prints one JSON line "RESULT {...}" at the end.
 LEROBOT_SCRIPT = r'''

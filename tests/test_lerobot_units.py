@@ -13,20 +13,12 @@ import pyarrow as pa
 import pytest
 
 from so101_deploy.arm.calibration import GRIPPER_CLOSED_RAD, GRIPPER_OPEN_RAD, Calibration
-from so101_deploy.arm.lerobot_units import LEROBOT_NAMES, LeRobotAdapter, LeRobotUnits, UnitsError
+from so101_deploy.arm.lerobot_units import LEROBOT_NAMES, LeRobotUnits, UnitsError
 from so101_deploy.core.messages import encode
 from so101_deploy.core.recording import ReplayNode
-from conftest import REPO_ROOT
+from conftest import LEROBOT_CAL, REPO_ROOT
 
-# as LeRobot's calibrate() leaves an SO-101 (the same file test_lerobot.py drives LeRobot with)
-CAL = {
-    "shoulder_pan": {"id": 1, "drive_mode": 0, "homing_offset": -1032, "range_min": 713, "range_max": 3401},
-    "shoulder_lift": {"id": 2, "drive_mode": 0, "homing_offset": 988, "range_min": 811, "range_max": 3200},
-    "elbow_flex": {"id": 3, "drive_mode": 0, "homing_offset": 1402, "range_min": 1000, "range_max": 3144},
-    "wrist_flex": {"id": 4, "drive_mode": 0, "homing_offset": -12, "range_min": 857, "range_max": 3187},
-    "wrist_roll": {"id": 5, "drive_mode": 0, "homing_offset": -1560, "range_min": 0, "range_max": 4095},
-    "gripper": {"id": 6, "drive_mode": 0, "homing_offset": 1270, "range_min": 2022, "range_max": 3358},
-}
+CAL = LEROBOT_CAL
 FLIPPED = {**CAL, "gripper": {**CAL["gripper"], "drive_mode": 1}}
 
 

@@ -225,15 +225,10 @@ def test_frame_gate_takes_hub_frames(caplog):
     assert "rejected" not in caplog.text
 
 
-@pytest.mark.integration
-def test_a_hub_camera_feeds_the_recorder_and_the_viewer_under_dora(tmp_path, venv_bin):
-    """Under `dora run`: a stand-in that sends exactly dora-hub's camera format -> the recorder and the
-    viewer (save mode, queue_size 1).  Every frame is recorded with frame ids from 0 and dora's stamps; the
-    .rrd read back has one camera image per frame the viewer took."""
-    from so101_deploy.core.dataflow import run_dataflow
-
-    rec_dir, rrd = tmp_path / "rec", tmp_path / "view.rrd"
-    flow = {"nodes": [
+def hub_camera_flow(rec_dir: Path, rrd: Path) -> dict:
+    """A stand-in hub camera (exactly opencv-video-capture's format) -> the recorder and the viewer (save
+    mode, queue_size 1)."""
+    return {"nodes": [
         {"id": "camera", "path": str(REPO_ROOT / "tests" / "data" / "hub_camera_standin.py"),
          "inputs": {"tick": "dora/timer/millis/50"}, "outputs": ["image"]},
         {"id": "recorder", "path": str(REPO_ROOT / "nodes" / "recorder" / "main.py"),
@@ -243,6 +238,17 @@ def test_a_hub_camera_feeds_the_recorder_and_the_viewer_under_dora(tmp_path, ven
          "env": {"SO101_VIEW_MODE": "save", "SO101_VIEW_RRD": str(rrd)},
          "inputs": {"image": {"source": "camera/image", "queue_size": 1}}},
     ]}
+
+
+@pytest.mark.integration
+def test_a_hub_camera_feeds_the_recorder_and_the_viewer_under_dora(tmp_path, venv_bin):
+    """Under `dora run`: a stand-in that sends exactly dora-hub's camera format -> the recorder and the
+    viewer (save mode, queue_size 1).  Every frame is recorded with frame ids from 0 and dora's stamps; the
+    .rrd read back has one camera image per frame the viewer took."""
+    from so101_deploy.core.dataflow import run_dataflow
+
+    rec_dir, rrd = tmp_path / "rec", tmp_path / "view.rrd"
+    flow = hub_camera_flow(rec_dir, rrd)
     path = tmp_path / "hub.yml"
     path.write_text(yaml.safe_dump(flow))
     env = {"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -297,16 +303,7 @@ def test_a_viewer_killed_mid_run_does_not_stop_the_graph(tmp_path, venv_bin):
     from so101_deploy.core.dataflow import run_dataflow
 
     rec_dir, rrd = tmp_path / "rec", tmp_path / "view.rrd"
-    flow = {"nodes": [
-        {"id": "camera", "path": str(REPO_ROOT / "tests" / "data" / "hub_camera_standin.py"),
-         "inputs": {"tick": "dora/timer/millis/50"}, "outputs": ["image"]},
-        {"id": "recorder", "path": str(REPO_ROOT / "nodes" / "recorder" / "main.py"),
-         "env": {"SO101_RECORD_DIR": str(rec_dir)},
-         "inputs": {"image": "camera/image", "tick": "dora/timer/millis/100"}},
-        {"id": "viewer", "path": str(REPO_ROOT / "nodes" / "viewer" / "main.py"),
-         "env": {"SO101_VIEW_MODE": "save", "SO101_VIEW_RRD": str(rrd)},
-         "inputs": {"image": {"source": "camera/image", "queue_size": 1}}},
-    ]}
+    flow = hub_camera_flow(rec_dir, rrd)
     path = tmp_path / "kill.yml"
     path.write_text(yaml.safe_dump(flow))
     state = {"killed_at": None}

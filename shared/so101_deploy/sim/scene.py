@@ -105,6 +105,19 @@ def _add_scene_assets(spec: mujoco.MjSpec) -> str:
     return "cube_material"
 
 
+def add_wrist_camera(spec: mujoco.MjSpec, where: str = "the SO-101 MJCF") -> None:
+    """pick-101's ``wrist_cam`` on the gripper body (pose and fovy of training's camera)."""
+    gripper = spec.body(CAMERA_BODY)
+    if gripper is None:
+        raise ValueError(f"{where}: body {CAMERA_BODY!r} missing (expected the SO-101 MJCF)")
+    cam = gripper.add_camera()
+    cam.name = CAMERA_NAME
+    cam.pos = list(CAMERA_POS_M)
+    cam.alt.type = mujoco.mjtOrientation.mjORIENTATION_EULER
+    cam.alt.euler = list(CAMERA_EULER_RAD)
+    cam.fovy = CAMERA_FOVY_DEG
+
+
 def build_spec(mjcf_path: str | Path | None = None, gripperframe: str | None = None) -> mujoco.MjSpec:
     """The scene as an editable :class:`mujoco.MjSpec` (see the module docstring for the contents);
     the gripperframe is training's unless told otherwise (see ``kinematics.so101_spec``)."""
@@ -154,15 +167,7 @@ def build_spec(mjcf_path: str | Path | None = None, gripperframe: str | None = N
     cube_geom.solref = STIFF_SOLREF
     cube_geom.solimp = STIFF_SOLIMP
 
-    gripper = spec.body(CAMERA_BODY)
-    if gripper is None:
-        raise ValueError(f"{path}: body {CAMERA_BODY!r} missing (expected the SO-101 MJCF)")
-    cam = gripper.add_camera()
-    cam.name = CAMERA_NAME
-    cam.pos = list(CAMERA_POS_M)
-    cam.alt.type = mujoco.mjtOrientation.mjORIENTATION_EULER
-    cam.alt.euler = list(CAMERA_EULER_RAD)
-    cam.fovy = CAMERA_FOVY_DEG
+    add_wrist_camera(spec, str(path))
 
     for name in PAD_GEOMS:
         pad = spec.geom(name)

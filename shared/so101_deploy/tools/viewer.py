@@ -42,7 +42,7 @@ import numpy as np
 from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING, SITE_NAME, so101_mjcf_path, so101_spec
 from so101_deploy.core.messages import JOINT_NAMES, OBS_FRAMES, SEG_CLASSES_REAL, Message, split_observation
 from so101_deploy.core.settings import Setting
-from so101_deploy.sim.scene import CAMERA_BODY, CAMERA_EULER_RAD, CAMERA_FOVY_DEG, CAMERA_NAME, CAMERA_POS_M, PAD_PICK101
+from so101_deploy.sim.scene import CAMERA_FOVY_DEG, CAMERA_NAME, PAD_PICK101, add_wrist_camera
 from so101_deploy.tools.monitor import REAL6_BGR
 
 log = logging.getLogger(__name__)
@@ -141,15 +141,10 @@ class ArmModel:
 
     def __init__(self, gripperframe: str | None = None, mjcf_path: str | Path | None = None):
         spec = so101_spec(Path(mjcf_path) if mjcf_path else so101_mjcf_path(), gripperframe)
-        body = spec.body(CAMERA_BODY)
-        if body is None:
-            raise ViewError(f"the SO-101 MJCF has no {CAMERA_BODY!r} body for the wrist camera")
-        cam = body.add_camera()
-        cam.name = CAMERA_NAME
-        cam.pos = list(CAMERA_POS_M)
-        cam.alt.type = mujoco.mjtOrientation.mjORIENTATION_EULER
-        cam.alt.euler = list(CAMERA_EULER_RAD)
-        cam.fovy = CAMERA_FOVY_DEG
+        try:
+            add_wrist_camera(spec)
+        except ValueError as e:
+            raise ViewError(str(e)) from None
         self.model = spec.compile()
         self.data = mujoco.MjData(self.model)
         m = self.model
