@@ -76,3 +76,32 @@ def test_the_monitor_reports_the_timeline_up_to_the_servo_write(tmp_path):
     assert line["servo_write"]["n"] == 7  # the first 3 frames are warm-up
     md = render_markdown(mon.close())
     assert "| depth_out | 220.0 | 220.0 | +160.0 |" in md
+
+
+def test_session_memory_names_a_node_once_it_has_exec_d():
+    """A node's process is first dora's fork (no node id yet): it must be named after its exec, not ignored
+    for good (the bench once lost the depth node that way)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from so101_deploy.core.dataflow import SessionMemory
+
+    later = ("import os, sys, time; time.sleep(0.5); "
+             "os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', 'nodes/fake' + 'node/main.py'])")
+    proc = subprocess.Popen([sys.executable, "-c", later], start_new_session=True)
+    try:
+        mem = SessionMemory()
+        mem.sample(proc.pid)
+        assert mem.peak_mb == {}  # before the exec: not a node (yet)
+        deadline = time.monotonic() + 30
+        while b"fakenode" not in open(f"/proc/{proc.pid}/cmdline", "rb").read():
+            assert time.monotonic() < deadline, "the child never exec'd"
+            time.sleep(0.05)
+        mem.sample(proc.pid)
+        assert set(mem.peak_mb) == {"fakenode"} and mem.peak_mb["fakenode"] > 1
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -201,6 +201,8 @@ class SessionMemory:
                 name = m.group(1).decode() if m else None
             except OSError:
                 return None  # gone, or not readable yet: ask again next time
+            if name is None:
+                return None  # not a node, or a node's process caught between fork and exec: ask again
             self._names[pid] = name
         return self._names[pid]
 
