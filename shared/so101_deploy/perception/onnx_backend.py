@@ -16,7 +16,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -54,29 +54,40 @@ def cache_path(cache_dir: str | Path | None, tag: str, digest: str, input_shape:
     return folder / f"{tag}-{digest}-{shape}.onnx"
 
 
+def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it to ``path`` (mode 644): a crash
+    mid-write never leaves a half-written cache file, and a failed write leaves nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def export_onnx(module, input_shape: Sequence[int], path: str | Path, input_name: str,
                 output_name: str | Sequence[str]) -> Path:
     """Export ``module`` (fp32, eval, CPU) at a fixed ``input_shape``; written atomically.  ``output_name``:
     one name, or one per output of a module that returns a tuple."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(tuple(int(d) for d in input_shape), dtype=torch.float32)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def export(tmp: Path) -> None:
         with torch.inference_mode(), warnings.catch_warnings():
             # the tracer warns that shapes become constants: exactly what a fixed-shape export means
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), (example,), tmp, dynamo=False, opset_version=OPSET,
+            torch.onnx.export(module.eval(), (example,), str(tmp), dynamo=False, opset_version=OPSET,
                               input_names=[input_name],
                               output_names=[output_name] if isinstance(output_name, str) else list(output_name))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # a crash mid-export never leaves a half-written cache file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    write_atomically(path, export)
     return path
 
 
@@ -198,11 +209,5 @@ def read_manifest(cache_dir: str | Path | None, tag: str, file_key: str,
 def write_manifest(cache_dir: str | Path | None, tag: str, file_key: str, onnx_path: str | Path, info: dict,
                    input_shape: Sequence[int] = ()) -> Path:
     """Record that ``onnx_path`` is the export of the checkpoint ``file_key`` (written atomically)."""
-    mpath = manifest_path(cache_dir, tag, file_key, input_shape)
-    mpath.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json.tmp", dir=mpath.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"onnx": Path(onnx_path).name, "info": info}, fh)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, mpath)
-    return mpath
+    record = json.dumps({"onnx": Path(onnx_path).name, "info": info})
+    return write_atomically(manifest_path(cache_dir, tag, file_key, input_shape), lambda tmp: tmp.write_text(record))

@@ -331,19 +331,12 @@ def _onnx_session(model, spec: DrQV2Spec, device: str):
 
 def _export_onnx_file(model, spec: DrQV2Spec, path: Path) -> Path:
     """The actor's export at ``path`` (written atomically; an existing file is the same export)."""
-    import os
-    import tempfile
+    from so101_deploy.perception.onnx_backend import write_atomically
 
     path = Path(path)
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(_onnx_bytes(model, spec))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: tmp.write_bytes(_onnx_bytes(model, spec)))
 
 
 # --- the node's logic -----------------------------------------------------------------------------
