@@ -103,8 +103,9 @@ def recorded_count(path) -> int:
         return 0
 
 
-def stop_group(proc) -> None:
-    """Stop a process started with start_new_session=True, by its group: SIGTERM, then SIGKILL after 5 s."""
+def stop_group(proc, wait_s: float = 5.0) -> None:
+    """Stop a process started with start_new_session=True, by its group: SIGTERM, then SIGKILL after
+    ``wait_s``."""
     import os
     import signal
     import subprocess
@@ -112,10 +113,10 @@ def stop_group(proc) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(5)
+            proc.wait(wait_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+            proc.wait(wait_s)
 
 
 class StandInNode:
@@ -141,3 +142,27 @@ LEROBOT_CAL = {
     "wrist_roll": {"id": 5, "drive_mode": 0, "homing_offset": -1560, "range_min": 0, "range_max": 4095},
     "gripper": {"id": 6, "drive_mode": 0, "homing_offset": 1270, "range_min": 2022, "range_max": 3358},
 }
+
+
+def estop_recorder_flow(tmp_path: Path, record_dir: Path, flush_tick_ms: int | None = None) -> Path:
+    """A dataflow file: the estop node (its file says release; small messages on a 50 ms timer) into a
+    recorder of its ``estop`` output, with the recorder's flush timer every ``flush_tick_ms`` if given."""
+    estop_file = tmp_path / "so101.estop"
+    estop_file.write_text("release")
+    tick = f"\n      tick: dora/timer/millis/{flush_tick_ms}" if flush_tick_ms else ""
+    flow = tmp_path / "estop.yml"
+    flow.write_text(f"""
+nodes:
+  - id: estop
+    path: {REPO_ROOT / 'nodes/estop/main.py'}
+    env: {{SO101_ESTOP_FILE: "{estop_file}"}}
+    inputs: {{tick: dora/timer/millis/50}}
+    outputs: [estop]
+  - id: recorder
+    path: {REPO_ROOT / 'nodes/recorder/main.py'}
+    restart_policy: never
+    env: {{SO101_RECORD_DIR: "{record_dir}", SO101_RECORD_TYPES: "estop=estop"}}
+    inputs:
+      estop: {{source: estop/estop, queue_size: 100}}{tick}
+""")
+    return flow

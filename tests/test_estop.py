@@ -1,16 +1,13 @@
 """The file e-stop: states, fail-safe reading, and the node under dora."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from so101_deploy.core.dataflow import run_dataflow
 from so101_deploy.arm.estop import CLEAR, HOLD, RELEASE, EstopFile
 from so101_deploy.core.recording import read_messages
-from conftest import recorded_count
+from conftest import estop_recorder_flow, recorded_count
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_states(tmp_path):
@@ -32,22 +29,7 @@ def test_directory_in_place_of_file_holds(tmp_path):
 
 @pytest.mark.integration
 def test_estop_node_publishes_file_state(tmp_path):
-    estop_file = tmp_path / "so101.estop"
-    estop_file.write_text("release")
-    flow = tmp_path / "estop.yml"
-    flow.write_text(f"""
-nodes:
-  - id: estop
-    path: {REPO_ROOT / 'nodes/estop/main.py'}
-    env: {{SO101_ESTOP_FILE: "{estop_file}"}}
-    inputs: {{tick: dora/timer/millis/50}}
-    outputs: [estop]
-  - id: recorder
-    path: {REPO_ROOT / 'nodes/recorder/main.py'}
-    env: {{SO101_RECORD_DIR: "{tmp_path / 'rec'}", SO101_RECORD_TYPES: "estop=estop"}}
-    inputs:
-      estop: {{source: estop/estop, queue_size: 100}}
-""")
+    flow = estop_recorder_flow(tmp_path, tmp_path / "rec")
     # until 5 messages are recorded (a deadline, not a window: start-up may be slow on a loaded machine)
     res = run_dataflow(flow, 120, until=lambda log: recorded_count(tmp_path / "rec" / "estop.arrow") >= 5,
                        linger_s=0.3)

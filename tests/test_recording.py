@@ -26,6 +26,8 @@ from so101_deploy.core.recording import (RecordingCutWarning, Recorder, ReplayNo
 from so101_deploy.tools.replay import summarize
 from so101_deploy.sim.synthetic import read_frame_index, render_frame
 
+from conftest import estop_recorder_flow
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -361,25 +363,7 @@ def _wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.05):
 def _estop_flow(tmp_path: Path, record_dir: Path) -> Path:
     """The estop node (small messages on a 50 ms timer) into a recorder with its flush tick: nothing but the
     time-based flushes puts them in the file (they never fill the write buffer in a few seconds)."""
-    estop_file = tmp_path / "so101.estop"
-    estop_file.write_text("release")
-    flow = tmp_path / "estop.yml"
-    flow.write_text(f"""
-nodes:
-  - id: estop
-    path: {REPO_ROOT / 'nodes/estop/main.py'}
-    env: {{SO101_ESTOP_FILE: "{estop_file}"}}
-    inputs: {{tick: dora/timer/millis/50}}
-    outputs: [estop]
-  - id: recorder
-    path: {REPO_ROOT / 'nodes/recorder/main.py'}
-    restart_policy: never
-    env: {{SO101_RECORD_DIR: "{record_dir}", SO101_RECORD_TYPES: "estop=estop"}}
-    inputs:
-      estop: {{source: estop/estop, queue_size: 100}}
-      tick: dora/timer/millis/250
-""")
-    return flow
+    return estop_recorder_flow(tmp_path, record_dir, flush_tick_ms=250)
 
 
 @pytest.mark.integration

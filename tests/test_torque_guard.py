@@ -23,6 +23,8 @@ import pytest
 
 from so101_deploy.arm.emulator import EmulatedBus
 from so101_deploy.arm.torque_guard import TorqueGuard, TorqueGuardError
+
+from conftest import stop_group
 from test_servo_node import (CAL, CAL_PATH, IDS, DoraRun, _servo_pid, emulator, js_rows, read_log,  # noqa: F401
                              wait_for, write_dataflow)
 
@@ -220,13 +222,7 @@ def test_kill_9_of_the_daemon_releases_torque_within_1s(tmp_path, emulator, venv
         for pid in _env_pids(str(tmp_path)):  # the dataflow's nodes (the goal source may stay blocked)
             os.kill(pid, signal.SIGKILL)
         for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+            stop_group(proc, wait_s=10)
     rows = read_log(log)
     assert_ends_released(rows)
     by_node = all(any(r["id"] == i and r["name"] == "Lock" and r["value"] == 0 and r["t"] >= t_kill for r in rows)
