@@ -396,18 +396,15 @@ def render_markdown(r: dict[str, Any]) -> str:
                      f"iteration, **{h['rate_hz']} Hz**")
     if "graph" in r:
         g = r["graph"]
-        lat = g["report"].get("new_frame_latency_ms") or {}
         gs = r["graph_settings"]
         lines.append(f"- this project's dataflow.yml (seg {gs['seg_backend']}, depth {gs['depth_backend']} at "
                      f"{gs['depth_size']}): **{g['control_rate_hz']} Hz** of goals from new camera frames; "
-                     f"capture-to-goal latency p50 {lat.get('p50', float('nan')):.0f} ms, p90 "
-                     f"{lat.get('p90', float('nan')):.0f} ms")
+                     f"capture-to-goal latency {_p50_p90(g)}")
     if "graph_same_size" in r:
         g = r["graph_same_size"]
-        lat = g["report"].get("new_frame_latency_ms") or {}
         lines.append(f"- the same graph with depth at {g['depth_size']} (the hand-off's size): **{g['control_rate_hz']} Hz**; "
-                     f"capture-to-goal p50 {lat.get('p50', float('nan')):.0f} ms, p90 {lat.get('p90', float('nan')):.0f} ms; "
-                     f"**{r.get('speedup_same_size_vs_handoff', 'n/a')}x** the hand-off pipeline")
+                     f"capture-to-goal {_p50_p90(g)}; **{r.get('speedup_same_size_vs_handoff', 'n/a')}x** the hand-off "
+                     f"pipeline")
     if "two_machines" in r:
         from so101_deploy.tools.two_machines import render_bench  # noqa: PLC0415
 
@@ -422,18 +419,22 @@ def render_markdown(r: dict[str, Any]) -> str:
     if q:
         if q.get("accepted"):
             g = r["graph_int8"]
-            lat = g["report"].get("new_frame_latency_ms") or {}
             lines.append(f"- with static int8 depth (`quantize-depth`: its 84x84 disparity observation correlates "
                          f"{q['correlation_min']} (worst of {q['check_frames']} held-out frames) with fp32's; "
                          f"{q['int8_ms']} ms vs {q['fp32_ms']} ms per frame alone): **{g['control_rate_hz']} Hz**, "
-                         f"capture-to-goal p50 {lat.get('p50', float('nan')):.0f} ms, p90 "
-                         f"{lat.get('p90', float('nan')):.0f} ms; **{r.get('speedup_int8_vs_handoff', 'n/a')}x**")
+                         f"capture-to-goal {_p50_p90(g)}; **{r.get('speedup_int8_vs_handoff', 'n/a')}x**")
         else:
             lines.append(f"- static int8 depth: {q['reason']}")
     for key, label in (("graph", ""), ("graph_same_size", " (the hand-off's size)"), ("graph_int8", ", int8")):
         if key in r:
             lines += graph_details(r[key], label)
     return "\n".join(lines) + "\n"
+
+
+def _p50_p90(g: dict[str, Any]) -> str:
+    """A graph run's capture-to-goal latency of new frames, as the report writes it."""
+    lat = g["report"].get("new_frame_latency_ms") or {}
+    return f"p50 {lat.get('p50', float('nan')):.0f} ms, p90 {lat.get('p90', float('nan')):.0f} ms"
 
 
 def graph_details(g: dict[str, Any], label: str = "") -> list[str]:
