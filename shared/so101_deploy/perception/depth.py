@@ -136,21 +136,18 @@ class DepthModel:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if int(input_size) < PATCH or int(input_size) % PATCH:
             raise ValueError(f"depth input size must be a positive multiple of {PATCH}, got {input_size}")
-        if int8:
-            if backend != "onnx" or device != "cpu":
-                raise ValueError("int8 depth runs only with the onnx backend on device cpu")
-            if not Path(model_path).exists():
-                raise ModelLoadError(f"{model_path} does not exist")
-            model = cls(None, device, backend, input_size, fp16, onnx_cache_dir, threads, str(model_path), int8=True)
-            shape = (1, 3, *model.input_hw((480, 640)))
-            if model._cached_session(shape) is None:
-                raise ModelLoadError(model._no_int8(shape))
-            return model
+        if int8 and (backend != "onnx" or device != "cpu"):
+            raise ValueError("int8 depth runs only with the onnx backend on device cpu")
+        if int8 and not Path(model_path).exists():
+            raise ModelLoadError(f"{model_path} does not exist")
         if backend == "onnx" and device == "cpu" and not fp16 and Path(model_path).exists():
-            model = cls(None, device, backend, input_size, fp16, onnx_cache_dir, threads, str(model_path))
+            model = cls(None, device, backend, input_size, fp16, onnx_cache_dir, threads, str(model_path), int8=int8)
             # exported before from this very checkpoint at a 640x480 frame's shape: no torch, no transformers
-            if model._cached_session((1, 3, *model.input_hw((480, 640)))) is not None:
+            shape = (1, 3, *model.input_hw((480, 640)))
+            if model._cached_session(shape) is not None:
                 return model
+            if int8:  # made only by quantize-depth, never here
+                raise ModelLoadError(model._no_int8(shape))
         import torch
 
         if fp16 and (device != "cuda" or backend != "torch"):
