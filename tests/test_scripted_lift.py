@@ -103,6 +103,88 @@ def test_servo_bus_drives_the_sim(tmp_path):
 
 
 @pytest.mark.integration
+def test_stopping_sim_bus_serves_the_whole_torque_release(tmp_path):
+    """dora stops the sim arm and the servo node at once.  The servo node's release broadcasts torque
+    off, then confirms servo by servo (Torque_Enable 0, Lock 0): the stopping bus must still answer
+    those, not vanish right after the broadcast (CI once saw "not confirmed by ids [3, 4, 5, 6]")."""
+    import threading
+
+    import scservo_sdk as scs
+
+    from so101_deploy.arm.calibration import Calibration
+    from so101_deploy.arm.sts3215 import REGISTERS
+    from so101_deploy.sim.sim_bus import RELEASE_CONFIRM_S, BusProcess
+
+    cal = Calibration.example()
+    ids = [m.id for m in cal.motors]
+    bus = BusProcess(str(tmp_path / "bus"), None, {i: 2048.0 for i in ids}).start()
+    port, pkt = scs.PortHandler(bus.path), scs.PacketHandler(0)
+    torque, lock = REGISTERS["Torque_Enable"].address, REGISTERS["Lock"].address
+    try:
+        assert port.openPort() and port.setBaudRate(1_000_000)
+        for i in ids:
+            assert pkt.write1ByteTxRx(port, i, torque, 1)[0] == scs.COMM_SUCCESS
+            assert pkt.write1ByteTxRx(port, i, lock, 1)[0] == scs.COMM_SUCCESS
+        deadline = time.monotonic() + 5.0
+        while not all(bus.torque_enabled().values()):  # the bus process syncs every 2 ms
+            assert time.monotonic() < deadline, bus.torque_enabled()
+            time.sleep(0.01)
+        stopper = threading.Thread(target=bus.stop, kwargs={"torque_grace_s": 30.0})
+        stopper.start()
+        pkt.write1ByteTxOnly(port, scs.BROADCAST_ID, torque, 0)  # every torque off at once ...
+        time.sleep(0.3)  # ... and a loaded machine is slow to send the confirmations
+        results = [(i, pkt.write1ByteTxRx(port, i, reg, 0)[0]) for i in ids for reg in (torque, lock)]
+        assert all(r == scs.COMM_SUCCESS for _, r in results), results
+        t0 = time.monotonic()
+        stopper.join(timeout=RELEASE_CONFIRM_S + 5.0)
+        assert not stopper.is_alive() and time.monotonic() - t0 < RELEASE_CONFIRM_S
+    finally:
+        port.closePort()
+        bus.stop()
+    assert not (tmp_path / "bus").exists()
+
+
+@pytest.mark.integration
+def test_stopping_sim_bus_waits_a_bounded_time_for_a_client_that_polls_on(tmp_path):
+    """A client that never releases torque, or keeps reading after its release, delays a stopping bus
+    by a bounded time (the torque grace, then at most RELEASE_CONFIRM_S), never for good."""
+    import termios
+    import threading
+
+    import scservo_sdk as scs
+
+    from so101_deploy.arm.sts3215 import REGISTERS
+    from so101_deploy.sim.sim_bus import RELEASE_CONFIRM_S, BusProcess
+
+    bus = BusProcess(str(tmp_path / "bus"), None, {i: 2048.0 for i in range(1, 7)}).start()
+    port, pkt = scs.PortHandler(bus.path), scs.PacketHandler(0)
+    try:
+        assert port.openPort() and port.setBaudRate(1_000_000)
+        polling = threading.Event()
+        polling.set()
+
+        def poll():
+            while polling.is_set():
+                try:
+                    pkt.read2ByteTxRx(port, 1, REGISTERS["Present_Position"].address)
+                except (OSError, termios.error):  # the pty is gone once the bus stopped
+                    return
+                time.sleep(0.02)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        t0 = time.monotonic()
+        bus.stop(torque_grace_s=30.0)
+        waited = time.monotonic() - t0
+        polling.clear()
+        poller.join(timeout=5.0)
+        assert RELEASE_CONFIRM_S - 0.1 <= waited < RELEASE_CONFIRM_S + 3.0, waited
+    finally:
+        port.closePort()
+        bus.stop()
+
+
+@pytest.mark.integration
 def test_sim_scripted_dataflow_lifts_in_dora(repo_root, tmp_path):
     """dataflow.sim-scripted.yml under `dora run`: the sim arm reports finished episodes at stop."""
     import re

@@ -60,8 +60,12 @@ class SimBusBridge:
         self.bus.set_present_steps({i: float(s) for i, s in zip(self.ids, steps)})
 
 
+RELEASE_QUIET_S = 1.0  # a bus this long without a packet after torque off: the client is done with it
+RELEASE_CONFIRM_S = 3.0  # the most a stopping bus waits for that, after torque off (a client may poll on)
+
+
 def _bus_process_main(link: str, calibration_path: str | None, start_steps: dict, present, goals, torque,
-                      stop, ready, error) -> None:
+                      stop, ready, error, locked=None, last_packet_s=None) -> None:
     """The software servo bus in its own process (see :class:`BusProcess`), synced through shared arrays."""
     from so101_deploy.arm.calibration import Calibration
     from so101_deploy.arm.emulator import EmulatedBus
@@ -77,6 +81,7 @@ def _bus_process_main(link: str, calibration_path: str | None, start_steps: dict
         return
     try:
         ready.set()
+        packets = -1
         while not stop.is_set() and os.getppid() == parent:  # a killed simulator takes its bus along
             with present.get_lock():
                 p = list(present)
@@ -86,6 +91,11 @@ def _bus_process_main(link: str, calibration_path: str | None, start_steps: dict
             with goals.get_lock():
                 goals[:] = [g[i] for i in ids]
                 torque[:] = [1 if t[i] else 0 for i in ids]
+                if locked is not None:
+                    locked[:] = [bus.register(i, "Lock") for i in ids]
+                if last_packet_s is not None and bus.counters["packets"] != packets:
+                    packets = bus.counters["packets"]
+                    last_packet_s.value = time.monotonic()
             stop.wait(0.002)
     finally:
         bus.stop()
@@ -113,6 +123,8 @@ class BusProcess:
         self._present = self._ctx.Array("d", [math.nan] * n)
         self._goals = self._ctx.Array("d", [self.start_steps[i] for i in self.ids])
         self._torque = self._ctx.Array("b", [0] * n)
+        self._locked = self._ctx.Array("b", [0] * n)  # the Lock register: 1 while torque was on
+        self._last_packet_s = self._ctx.Value("d", 0.0, lock=False)  # monotonic; written under _goals' lock
         self._stop = self._ctx.Event()
         self._ready = self._ctx.Event()
         self._error = self._ctx.Queue()
@@ -126,7 +138,7 @@ class BusProcess:
         self._proc = self._ctx.Process(
             target=_bus_process_main, name="so101-sim-bus", daemon=True,
             args=(self.link, self.calibration_path, self.start_steps, self._present, self._goals, self._torque,
-                  self._stop, self._ready, self._error))
+                  self._stop, self._ready, self._error, self._locked, self._last_packet_s))
         self._proc.start()
         deadline = time.monotonic() + timeout_s
         while not self._ready.wait(0.1):
@@ -158,12 +170,27 @@ class BusProcess:
                 if i in steps:
                     self._present[k] = float(steps[i])
 
+    def _release_settled(self) -> bool:
+        """The bus quiet since the last packet: briefly once every Lock is 0 (the servo node's release
+        writes Lock 0 last), longer otherwise."""
+        with self._goals.get_lock():
+            quiet_s = time.monotonic() - self._last_packet_s.value
+            unlocked = not any(self._locked)
+        return quiet_s >= (RELEASE_QUIET_S / 10 if unlocked else RELEASE_QUIET_S)
+
     def stop(self, torque_grace_s: float = 0.0) -> None:
         """Stop the bus; with ``torque_grace_s``, first give the servo node that long to release torque
-        (dora stops every node at once: a real arm stays powered while its servo node shuts down)."""
+        (dora stops every node at once: a real arm stays powered while its servo node shuts down).
+
+        Torque off alone is not the end of a release: the servo node broadcasts torque off first, then
+        confirms servo by servo; so the bus also waits (at most RELEASE_CONFIRM_S) for it to go quiet."""
         deadline = time.monotonic() + torque_grace_s
         while self._proc is not None and time.monotonic() < deadline and any(self.torque_enabled().values()):
             time.sleep(0.02)
+        if torque_grace_s > 0:
+            settle_by = min(deadline, time.monotonic() + RELEASE_CONFIRM_S)
+            while self._proc is not None and time.monotonic() < settle_by and not self._release_settled():
+                time.sleep(0.02)
         self._stop.set()
         if self._proc is not None:
             self._proc.join(timeout=5.0)
