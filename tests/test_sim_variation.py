@@ -92,7 +92,7 @@ def test_restore_returns_the_nominal_model(model, pristine, variator):
     changed = set(_differing(pristine, _snapshot(model)))
     # every knob reached the model
     assert {"cam_pos", "cam_quat", "light_diffuse", "light_specular", "vis.headlight", "light_dir",
-            "light_pos", "mat_rgba", "geom_size", "geom_rbound", "body_mass", "body_inertia",
+            "light_pos", "mat_rgba", "geom_size", "geom_rbound", "body_mass", "body_inertia", "qpos0",
             "body_subtreemass", "stat"} <= changed
     assert drawn["cube_half_m"] != sim_scene.CUBE_HALF_M
     variator.restore()
@@ -220,6 +220,9 @@ def test_a_varied_cube_spawned_at_its_half_size_rests_on_the_floor(model, variat
         mujoco.mj_step(model, d)
         max_speed = max(max_speed, float(np.abs(d.qvel[vadr:vadr + 6]).max()))
     z = d.qpos[qadr + 2]
+    reset = mujoco.MjData(model)  # mj_resetData (the reset's first step) spawns it at its half-size too
+    mujoco.mj_resetData(model, reset)
+    assert reset.qpos[qadr + 2] == half
     assert z == pytest.approx(half, abs=2e-4)  # resting on the floor at its own half-size...
     assert abs(z - sim_scene.CUBE_HALF_M) > 3e-3  # ...which is not the nominal one
     assert max_speed < 0.05  # it neither fell nor popped out of the floor

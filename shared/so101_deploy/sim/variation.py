@@ -30,7 +30,8 @@ A :class:`SceneVariation` holds one amplitude per knob; 0 is training's nominal 
   cube's ``m * (2 h)**2 / 6``; ``mj_setConst`` then recomputes what the compiler derives from
   them (subtree masses, inverse weights, ``stat.meaninertia``, ...).  The reset must put the cube's
   centre at ``z = cube_half_m`` (returned in the draw, and :func:`cube_half_m`) instead of the
-  constant ``scene.CUBE_HALF_M`` so that it spawns resting on the floor.
+  constant ``scene.CUBE_HALF_M`` so that it spawns resting on the floor (the cube's z in ``qpos0``,
+  where ``mj_resetData`` puts it, is set to the new half-size as well).
 
 Draws: when any amplitude is non-zero, one ``rng.uniform(-1, 1, n)`` vector of a fixed length (per
 model) is drawn and each knob uses its own slice of it scaled by its amplitude, so for a given RNG
@@ -184,6 +185,10 @@ class SceneVariator:
         self.cube_mat = (mat if mat >= 0 and np.array_equal(m.geom_rgba[self.cube_geom], _DEFAULT_RGBA)
                          and int(np.sum(m.geom_matid == mat)) == 1 else -1)
         self.nlight = int(m.nlight)
+        # the cube's free joint: its z in qpos0 (where mj_resetData puts the cube) follows the size
+        jnt = int(m.body_jntadr[self.cube_body])
+        self.cube_z_qadr = (int(m.jnt_qposadr[jnt]) + 2 if jnt >= 0 and m.jnt_type[jnt] == mujoco.mjtJoint.mjJNT_FREE
+                            else -1)
         self._scratch = mujoco.MjData(m)
         self._dirty = False
         # the arrays that apply() writes, and those mj_setConst derives from them, as they are now
@@ -193,7 +198,7 @@ class SceneVariator:
 
     _WRITTEN = ("cam_pos", "cam_quat", "light_pos", "light_dir", "light_diffuse", "light_ambient",
                 "light_specular", "geom_rgba", "mat_rgba", "geom_size", "geom_rbound", "geom_aabb",
-                "body_mass", "body_inertia")
+                "body_mass", "body_inertia", "qpos0")
     # what mj_setConst recomputes (mujoco 3.4: these change when the written fields do)
     _DERIVED = ("body_subtreemass", "body_invweight0", "dof_invweight0", "dof_M0", "dof_length", "cam_pos0", "cam_poscom0",
                 "cam_mat0", "light_pos0", "light_dir0", "light_poscom0", "actuator_acc0", "tendon_invweight0")
@@ -338,6 +343,8 @@ class SceneVariator:
             a, bb, cc = 2.0 * half  # solid box inertia about its centre
             m.body_inertia[b] = [mass * (bb ** 2 + cc ** 2) / 12.0, mass * (a ** 2 + cc ** 2) / 12.0,
                                  mass * (a ** 2 + bb ** 2) / 12.0]
+            if self.cube_z_qadr >= 0:  # mj_resetData's cube rests on the floor too
+                m.qpos0[self.cube_z_qadr] = float(half[2])
             out["cube_half_m"] = float(half[0])
             out["cube_mass_kg"] = mass
         mujoco.mj_setConst(m, self._scratch)  # camera/light reference poses, masses, meaninertia
