@@ -187,8 +187,8 @@ class SceneVariator:
         self.nlight = int(m.nlight)
         # the cube's free joint: its z in qpos0 (where mj_resetData puts the cube) follows the size
         jnt = int(m.body_jntadr[self.cube_body])
-        self.cube_z_qadr = (int(m.jnt_qposadr[jnt]) + 2 if jnt >= 0 and m.jnt_type[jnt] == mujoco.mjtJoint.mjJNT_FREE
-                            else -1)
+        free = jnt >= 0 and m.jnt_type[jnt] == mujoco.mjtJoint.mjJNT_FREE
+        self.cube_z_qadr = int(m.jnt_qposadr[jnt]) + 2 if free else -1
         self._scratch = mujoco.MjData(m)
         self._dirty = False
         # the arrays that apply() writes, and those mj_setConst derives from them, as they are now
@@ -200,8 +200,9 @@ class SceneVariator:
                 "light_specular", "geom_rgba", "mat_rgba", "geom_size", "geom_rbound", "geom_aabb",
                 "body_mass", "body_inertia", "qpos0")
     # what mj_setConst recomputes (mujoco 3.4: these change when the written fields do)
-    _DERIVED = ("body_subtreemass", "body_invweight0", "dof_invweight0", "dof_M0", "dof_length", "cam_pos0", "cam_poscom0",
-                "cam_mat0", "light_pos0", "light_dir0", "light_poscom0", "actuator_acc0", "tendon_invweight0")
+    _DERIVED = ("body_subtreemass", "body_invweight0", "dof_invweight0", "dof_M0", "dof_length", "cam_pos0",
+                "cam_poscom0", "cam_mat0", "light_pos0", "light_dir0", "light_poscom0", "actuator_acc0",
+                "tendon_invweight0")
 
     def _array_fields(self) -> list[str]:
         return [n for n in self._WRITTEN + self._DERIVED if hasattr(self.model, n)]
