@@ -237,7 +237,8 @@ class SceneVariator:
 
     def _nominal_rgba(self) -> np.ndarray:
         a = self._nominal_arrays
-        return (a["mat_rgba"][self.cube_mat] if self.cube_mat >= 0 else a["geom_rgba"][self.cube_geom]).astype(np.float64)
+        rgba = a["mat_rgba"][self.cube_mat] if self.cube_mat >= 0 else a["geom_rgba"][self.cube_geom]
+        return rgba.astype(np.float64)
 
     def restore(self) -> None:
         """Put back the nominal model (bit-identical to what it was when the variator was built)."""
