@@ -20,6 +20,7 @@ import time
 from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING
 from so101_deploy.core.messages import Message
 from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
+from so101_deploy.sim.evaluation import FINISHED_LINE
 from so101_deploy.sim.sim_arm import SETTINGS, runner_from_settings
 
 SPEC = NodeSpec("sim_arm", SETTINGS + (GRIPPERFRAME_SETTING,), inputs={"goal": "joint_goal", "tick": RAW},
@@ -37,7 +38,12 @@ def build(settings, ctx) -> Handlers:
         state["last_send"] = time.monotonic()
         if runner.sim.episode != state["episode"]:
             state["episode"] = runner.sim.episode
-            ctx.log.info(f"episode {runner.results[-1]} -> reset, episode {runner.sim.episode}")
+            ctx.log.info(f"episode {_brief(runner.results[-1])} -> reset, episode {runner.sim.episode}")
+        if runner.all_done and not state.get("done_logged"):
+            state["done_logged"] = True
+            wins = sum(r["success"] for r in runner.results)
+            ctx.log.info(f"episode {_brief(runner.results[-1])}; {FINISHED_LINE}: {wins}/{len(runner.results)} "
+                         f"successes, the sim stops stepping")
 
     def on_tick() -> None:
         if runner.step_on == "tick":
@@ -48,6 +54,11 @@ def build(settings, ctx) -> Handlers:
     def on_goal(msg: Message) -> None:
         if bus is not None:
             return  # the bus variant takes its goals from the servo bus
+        if runner.step_on == "goal" and msg.meta.get("source") == "watchdog":
+            # lockstep: the sim waits for the loop, so a slow step is not a stalled arm; a watchdog's hold
+            # goal would step it with a goal no action asked for (and a frame nobody waits for)
+            state["watchdog_goals_ignored"] = state.get("watchdog_goals_ignored", 0) + 1
+            return
         runner.on_goal(msg.data)
         if runner.step_on == "goal":
             send(runner.tick())
@@ -56,12 +67,19 @@ def build(settings, ctx) -> Handlers:
         if bus is not None:
             bus.stop(torque_grace_s=60.0)  # a deadline: it returns as soon as the servo node released torque
         wins = sum(r["success"] for r in runner.results)
-        ctx.log.info(f"{len(runner.results)} episodes finished, {wins} successes: {runner.results}; "
+        ctx.log.info(f"{len(runner.results)} episodes finished, {wins} successes: {[_brief(r) for r in runner.results]}; "
                      f"episode {runner.sim.episode} at step {runner.sim.step_count}: "
-                     f"success={runner.sim.is_success()}, cube z {runner.sim.cube_pos()[2]:.3f} m")
+                     f"success={runner.sim.is_success()}, cube z {runner.sim.cube_pos()[2]:.3f} m"
+                     + (f"; {state['watchdog_goals_ignored']} watchdog hold goal(s) ignored (lockstep)"
+                        if state.get("watchdog_goals_ignored") else ""))
         runner.close()
 
     return Handlers(on_input={"goal": on_goal}, on_tick={"tick": on_tick}, on_stop=on_stop)
+
+
+def _brief(result: dict) -> dict:
+    """An episode's result for the log: without the scene variation's draws (those are in the report)."""
+    return {k: v for k, v in result.items() if k not in ("variation", "video")}
 
 
 def main(node=None, env=None) -> int:

@@ -28,7 +28,10 @@ from so101_deploy.core.gl import headless_gl_fallback
 from so101_deploy.arm.kinematics import Kinematics, gripper_action_to_rad
 from so101_deploy.core.messages import JOINT_NAMES, N_JOINTS, encode, now_ns
 from so101_deploy.core.settings import Setting, SettingError
+from so101_deploy.sim.evaluation import VARIATION_STREAM, ActionSchedule, EpisodeRecord, PerceptionNoise, append_jsonl
+from so101_deploy.sim.episode_video import EpisodeVideo
 from so101_deploy.sim.oracle import OracleSeg, disparity_from_depth
+from so101_deploy.sim.variation import SceneVariation, SceneVariator, parse_variation
 from so101_deploy.sim.sim_bus import BusProcess, SimBusBridge
 
 CUBE_XY_M = (0.25, 0.0)
@@ -72,6 +75,8 @@ class SimArm:
         self._pads = {m.geom(n).id for n in sim_scene.PAD_GEOMS}
         self._site = m.site("gripperframe").id
         self._renderers: dict[str, mujoco.Renderer] = {}
+        # one per model: it remembers the nominal scene, which a second one made after a variation would not
+        self.variator = SceneVariator(self.model)
         self._gain_on = m.actuator_gainprm[self._act].copy()
         self._bias_on = m.actuator_biasprm[self._act].copy()
         self.step_count = 0
@@ -88,7 +93,8 @@ class SimArm:
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
         cube_xy = np.array(CUBE_XY_M) + rng.uniform(-CUBE_XY_SPREAD_M, CUBE_XY_SPREAD_M, size=2)
-        d.qpos[self._cube_qadr:self._cube_qadr + 3] = [cube_xy[0], cube_xy[1], sim_scene.CUBE_HALF_M]
+        # resting on the floor: z = the cube's half size (training's 0.015 m unless a variation scaled it)
+        d.qpos[self._cube_qadr:self._cube_qadr + 3] = [cube_xy[0], cube_xy[1], self.cube_half_m()]
         d.qpos[self._cube_qadr + 3:self._cube_qadr + 7] = [1.0, 0.0, 0.0, 0.0]
         q = np.zeros(N_JOINTS)
         q[3] = q[4] = RESET_WRIST_RAD
@@ -152,6 +158,10 @@ class SimArm:
         self.data.qvel[self._vadr] = 0.0
         self.data.ctrl[self._act] = np.clip(q, self.ctrl_low, self.ctrl_high)
         mujoco.mj_forward(self.model, self.data)
+
+    def cube_half_m(self) -> float:
+        """Half the cube's edge (m): sim_scene.CUBE_HALF_M unless a scene variation scaled it."""
+        return float(self.model.geom_size[self._cube_geom][2])
 
     def cube_pos(self) -> np.ndarray:
         """Cube centre in the world frame (m)."""
@@ -239,28 +249,56 @@ class SimRunner:
     """
 
     def __init__(self, sim: SimArm, seed: int = 0, render_every: int = 1, episode_steps: int = EPISODE_STEPS,
-                 camera: bool = True, oracle: bool = False, bus_bridge: SimBusBridge | None = None):
-        if render_every < 1 or episode_steps < 0:
-            raise ValueError("SimRunner: render_every must be >= 1 and episode_steps >= 0 (0: never reset)")
+                 camera: bool = True, oracle: bool = False, bus_bridge: SimBusBridge | None = None,
+                 schedule: ActionSchedule | None = None, noise: PerceptionNoise | None = None,
+                 variation: SceneVariation | None = None, episodes: int = 0, report_path: str | None = None,
+                 video: EpisodeVideo | None = None):
+        if render_every < 1 or episode_steps < 0 or episodes < 0:
+            raise ValueError("SimRunner: render_every must be >= 1, episode_steps >= 0 (0: never reset) and "
+                             "episodes >= 0 (0: no limit)")
         self.sim = sim
         self.seed = int(seed)
         self.render_every = int(render_every)
         self.episode_steps = int(episode_steps)
         self.camera = bool(camera)
         self.oracle_seg = OracleSeg(sim.model) if oracle else None
+        self.schedule = schedule if schedule is not None else ActionSchedule()
+        self.noise = noise if noise is not None else PerceptionNoise()
+        self.variation = variation if variation is not None and not variation.is_nominal else None
+        self.episodes = int(episodes)
+        self.report_path = report_path
+        self.video = video
         self.state_id = 0
         self.frame_id = 0
         self.results: list[dict] = []  # one per finished episode
-        self.sim.reset(self.seed)
+        self.all_done = False  # `episodes` episodes finished: the sim stops stepping
         self._episode_index = 0
+        self._start_episode(self.seed)
         self.bus_bridge = bus_bridge
         self.step_on = "tick"
         self.resend_s = 1.0
         if bus_bridge is not None:
             bus_bridge.report()
 
+    def _start_episode(self, seed: int) -> None:
+        """Training's reset with ``seed``; knobs drawn from streams of the same seed (reproducible alone)."""
+        drawn = {}
+        if self.variation is not None:  # before the reset: a resized cube spawns resting on the floor
+            drawn = self.sim.variator.apply(self.variation, np.random.default_rng([seed, VARIATION_STREAM]))
+        self.sim.reset(seed)
+        self.schedule.reset()
+        self.noise.reset(seed)
+        self.record = EpisodeRecord(self.sim.episode, seed, float(self.sim.cube_pos()[2]), variation=drawn)
+        if self.video is not None:
+            self.video.start(self.sim.episode, seed)
+
     def on_goal(self, goal_rad: np.ndarray) -> None:
-        self.sim.apply_goal(goal_rad)
+        """A goal computed from the present frame: applied ``schedule.latency_steps`` steps from now."""
+        goal = np.asarray(goal_rad, dtype=np.float64)
+        if goal.shape != (N_JOINTS,) or not np.all(np.isfinite(goal)):
+            self.sim.apply_goal(goal)  # raises SimError, the one message for a bad goal
+        self.schedule.push(goal, self.sim.step_count)
+        self.record.policy_steps += 1
 
     def episode_over(self) -> bool:
         if self.episode_steps == 0:  # one endless episode (the bus variant: a real arm never teleports)
@@ -268,26 +306,51 @@ class SimRunner:
         return self.sim.is_success() or self.sim.step_count >= self.episode_steps
 
     def _finish_episode(self) -> dict:
-        result = {"episode": self.sim.episode, "seed": self.sim.seed, "success": self.sim.is_success(),
-                  "steps": self.sim.step_count}
+        self.record.update(self.sim.step_count, self.sim.cube_pos()[2], self.sim.is_grasped(), self.sim.is_success())
+        result = self.record.as_dict()
+        if self.video is not None:
+            result["video"] = self.video.finish()
         self.results.append(result)
+        if self.report_path:
+            append_jsonl(self.report_path, result)
         self._episode_index += 1
-        self.sim.reset(self.seed + self._episode_index)
+        if self.episodes and self._episode_index >= self.episodes:
+            self.all_done = True
+            return result
+        self._start_episode(self.seed + self._episode_index)
         if self.bus_bridge is not None:
             self.bus_bridge.report()
         return result
 
+    def _control_step(self) -> None:
+        goal = self.schedule.due(self.sim.step_count)
+        if goal is not None:
+            self.sim.apply_goal(goal)
+        self.sim.step()
+        self.record.update(self.sim.step_count, self.sim.cube_pos()[2], self.sim.is_grasped(), self.sim.is_success())
+        if self.video is not None and self.sim.step_count % self.video.every == 0:
+            self.video.add(self.sim)
+
     def tick(self) -> list[tuple[str, object, dict]]:
-        """One control step (or the reset that ends an episode), then :meth:`publish`."""
+        """One control step (or the reset that ends an episode), then :meth:`publish`; in lockstep
+        (``step_on`` "goal") ``schedule.action_every`` control steps, the present goal held between.
+        Nothing at all once ``episodes`` episodes finished."""
+        if self.all_done:
+            return []
         finished = None
         if self.episode_over():
             finished = self._finish_episode()
+            if self.all_done:
+                return []
         elif self.bus_bridge is not None:
             self.bus_bridge.apply()
             self.sim.step()
             self.bus_bridge.report()
         else:
-            self.sim.step()
+            for _ in range(self.schedule.action_every if self.step_on == "goal" else 1):
+                self._control_step()
+                if self.episode_over():
+                    break
         return self.publish(finished)
 
     def publish(self, finished: dict | None = None, force_frame: bool = False) -> list[tuple[str, object, dict]]:
@@ -318,13 +381,18 @@ class SimRunner:
         if self.camera:
             out.append(("image", *encode("image", self.sim.render_rgb_bgr(), **frame)))
         if self.oracle_seg is not None:
-            mask = self.oracle_seg.classes(self.sim.render_seg())
+            mask = self.noise.mask(self.oracle_seg.classes(self.sim.render_seg()))
+            disparity = self.noise.disparity(disparity_from_depth(self.sim.render_depth_m()))
             out.append(("mask", *encode("seg_mask", mask, classes="sim5", **frame)))
-            out.append(("disparity", *encode("disparity", disparity_from_depth(self.sim.render_depth_m()), **frame)))
+            out.append(("disparity", *encode("disparity", disparity, **frame)))
+            if self.video is not None:
+                self.video.note_oracle(mask, disparity)
         self.frame_id += 1
         return out
 
     def close(self) -> None:
+        if self.video is not None:
+            self.video.close()
         self.sim.close()
 
 
@@ -343,6 +411,19 @@ SETTINGS = (
             min=0.05, max=60.0),
     Setting("SO101_CALIBRATION", "str", None, "bus variant: the LeRobot calibration JSON the servo node uses "
             "(default: the shipped example)"),
+    # evaluation knobs (so101_deploy.sim.evaluation); the defaults are training's conditions
+    Setting("SO101_SIM_LATENCY_STEPS", "int", 0, "apply each goal this many 20 ms control steps after its frame "
+            "(deployment latency)", min=0, max=200),
+    Setting("SO101_SIM_ACTION_EVERY", "int", 1, "lockstep: a new action every N control steps, the last goal held "
+            "between (deployment control rate: 50/N Hz)", min=1, max=200),
+    Setting("SO101_SIM_PERCEPTION_NOISE", "float", 0.0, "oracle noise: fraction of mask pixels set to a random "
+            "class, and the disparity's relative per-pixel noise", min=0.0, max=1.0),
+    Setting("SO101_SIM_VARIATION", "str", None, "per-episode scene variation, e.g. camera_pos_m=0.005,light_frac=0.3 "
+            "(so101_deploy.sim.variation)"),
+    Setting("SO101_SIM_EPISODES", "int", 0, "stop stepping after this many finished episodes (0: no limit)", min=0),
+    Setting("SO101_SIM_REPORT", "str", None, "append one JSON line per finished episode to this file"),
+    Setting("SO101_SIM_VIDEO_DIR", "str", None, "write a short video per episode (wrist camera, and the oracle's "
+            "mask and disparity) to this folder"),
 )
 
 
@@ -362,9 +443,24 @@ def runner_from_settings(settings) -> tuple[SimRunner, object | None]:
     if link and step_on == "goal":
         raise SettingError(f"{settings.node}: SO101_SIM_STEP_ON=goal needs goal messages; the bus variant "
                            f"(SO101_SIM_BUS_LINK) reads the servo bus instead: use SO101_SIM_STEP_ON=tick")
+    latency, every = settings["SO101_SIM_LATENCY_STEPS"], settings["SO101_SIM_ACTION_EVERY"]
+    if link and (latency or every != 1):
+        raise SettingError(f"{settings.node}: SO101_SIM_LATENCY_STEPS / SO101_SIM_ACTION_EVERY delay the goals of "
+                           f"the lockstep sim; the bus variant gets its goals from the servo node in real time")
+    if every != 1 and step_on != "goal":
+        raise SettingError(f"{settings.node}: SO101_SIM_ACTION_EVERY={every} holds each goal for {every} control "
+                           f"steps of a lockstep run: set SO101_SIM_STEP_ON=goal")
+    try:
+        variation = parse_variation(settings["SO101_SIM_VARIATION"] or "")
+    except ValueError as e:
+        raise SettingError(f"{settings.node}: SO101_SIM_VARIATION: {e}") from None
+    video_dir = settings["SO101_SIM_VIDEO_DIR"]
     sim = SimArm()
     runner = SimRunner(sim, seed=seed, render_every=render_every, episode_steps=episode_steps, camera=camera,
-                       oracle=oracle)
+                       oracle=oracle, schedule=ActionSchedule(latency, every),
+                       noise=PerceptionNoise(settings["SO101_SIM_PERCEPTION_NOISE"]), variation=variation,
+                       episodes=settings["SO101_SIM_EPISODES"], report_path=settings["SO101_SIM_REPORT"],
+                       video=EpisodeVideo(video_dir, oracle=oracle) if video_dir else None)
     bus = None
     if link:
         from so101_deploy.arm.calibration import Calibration

@@ -34,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "faults": ("so101_deploy.tools.faults", "run the fault matrix (kill -9 nodes, e-stop, sag, bad settings) on the software bus; write docs/faults.md"),
     "quantize-depth": ("so101_deploy.tools.quantize", "a static int8 export of the depth model, kept only if its observation agrees with fp32's"),
     "view": ("so101_deploy.tools.viewer", "turn a recording folder into a rerun .rrd with the live view's entities"),
+    "evaluate": ("so101_deploy.tools.evaluate",
+                 "pre-flight: a checkpoint (or the scripted policy) on training's task in the simulator through this graph; "
+                 "success rate with its 95 % CI, deployment knobs, --sweep"),
     "sim-lift": ("so101_deploy.tools.sim_lift", "scripted cube lift in the MuJoCo sim through controller + safety (success rate, timings)"),
     "two-machines": ("so101_deploy.tools.two_machines", "the two-machine flow: write its cluster copy (flow), measure JPEG (jpeg) and the link on loopback (bench)"),
 }
