@@ -260,3 +260,36 @@ def test_knobs_become_sim_settings_the_sim_accepts():
     v = parse_variation(s["SO101_SIM_VARIATION"])
     assert (v.light_frac, v.camera_pos_m) == (0.3, 0.004)
     assert k.label() == "latency=3,action_every=2,noise=0.1,camera_pos_m=0.004,light_frac=0.3"
+
+
+# --- the controller's clock ----------------------------------------------------------------------------------
+
+def test_controller_sim_clock_follows_the_sim_time_and_never_goes_back():
+    from so101_deploy.arm.controller import ControllerClock, ControllerError
+
+    c = ControllerClock("sim")
+    assert c.now() == 0.0
+    c.on_joint_state({"sim_time_s": 0.4})
+    c.on_joint_state({"sim_time_s": 0.2})  # a late state
+    assert c.now() == 0.4
+    for bad in ({}, {"sim_time_s": float("nan")}, {"sim_time_s": True}, {"sim_time_s": "1"}):
+        with pytest.raises(ControllerError, match="sim_time_s") as e:
+            c.on_joint_state(bad)
+        assert "\n" not in str(e.value)
+    wall = ControllerClock("wall")
+    wall.on_joint_state({})  # a real arm's states carry no sim time
+    a = wall.now()
+    assert wall.now() >= a > 0
+    with pytest.raises(ValueError, match="'wall' or 'sim'"):
+        ControllerClock("gps")
+
+
+def test_sim_runner_sends_the_simulated_time(sim):
+    from so101_deploy.core.messages import decode
+
+    runner = SimRunner(sim, seed=0, camera=False, episode_steps=2)
+    times = []
+    for _ in range(5):  # two steps, the reset, two steps: the clock runs on across episodes
+        out = runner.tick()
+        times.append(decode("joint_state", out[-1][1], out[-1][2]).meta["sim_time_s"])
+    assert times == pytest.approx([0.02, 0.04, 0.04, 0.06, 0.08])

@@ -10,13 +10,12 @@ from frames captured too long ago (the two-machine flow, where a stalled link ca
 
 import json
 import sys
-import time
 
 from so101_deploy.core.gl import no_rendering_here
 
 no_rendering_here()  # first: MuJoCo is used for kinematics only here, never to render (saves ~55 MB)
 
-from so101_deploy.arm.controller import SETTINGS, ActionAgeGate, ControllerError, HopTimes, Output, \
+from so101_deploy.arm.controller import SETTINGS, ActionAgeGate, ControllerClock, ControllerError, HopTimes, Output, \
     control_loop_from_settings, explain_meta
 from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING
 from so101_deploy.core.messages import Message, MessageError, encode, now_ns
@@ -30,6 +29,7 @@ SPEC = NodeSpec("controller", SETTINGS + (GRIPPERFRAME_SETTING,),
 
 def build(settings, ctx) -> Handlers:
     loop = control_loop_from_settings(settings)
+    clock = ControllerClock(settings["SO101_CLOCK"])
     last_frame = {"frame_id": 0}
 
     def send(out: Output | None, frame_id: int, stamp_ns: int) -> None:
@@ -51,25 +51,36 @@ def build(settings, ctx) -> Handlers:
             return
         last_frame["frame_id"] = msg.frame_id
         try:
-            out = loop.on_action(msg.data, msg.meta["action_space"], time.monotonic())
+            out = loop.on_action(msg.data, msg.meta["action_space"], clock.now())
         except ControllerError as e:  # e.g. an action space the configured mode does not take
             raise MessageError(str(e)) from None  # reported and counted as a rejected input
         send(out, msg.frame_id, msg.stamp_ns)
 
     def on_reset(msg: Message) -> None:
-        loop.restart(msg.data, time.monotonic())
+        try:
+            clock.on_joint_state(msg.meta)
+        except ControllerError as e:
+            raise MessageError(str(e)) from None
+        loop.restart(msg.data, clock.now())
         ctx.log.info(f"new episode {msg.meta.get('episode', '?')}: target restarts from the present pose")
+
+    def on_joint_state(msg: Message) -> None:
+        try:
+            clock.on_joint_state(msg.meta)
+        except ControllerError as e:
+            raise MessageError(str(e)) from None
+        loop.on_joint_state(msg.data, clock.now())
 
     def on_estop(msg: Message) -> None:
         was = loop.safety.estop_engaged
-        loop.on_estop(int(msg.data[0]), time.monotonic())
+        loop.on_estop(int(msg.data[0]), clock.now())
         if loop.safety.estop_engaged != was:  # the estop node repeats its state 20 times a second
             ctx.log.warning(f"e-stop {'ENGAGED' if loop.safety.estop_engaged else 'released'}")
 
     return Handlers(
-        on_input={"action": on_action, "joint_state": lambda m: loop.on_joint_state(m.data, time.monotonic()),
+        on_input={"action": on_action, "joint_state": on_joint_state,
                   "estop": on_estop, "reset": on_reset},
-        on_tick={"tick": lambda: send(loop.on_tick(time.monotonic()), last_frame["frame_id"], now_ns())},
+        on_tick={"tick": lambda: send(loop.on_tick(clock.now()), last_frame["frame_id"], now_ns())},
         on_stop=lambda: (ctx.log.info(f"safety events: {dict(loop.safety.events_total)}"
                                       + (f"; {age.dropped} stale action(s) dropped" if age.dropped else "")),
                          ctx.log.info(f"action hop ms: {json.dumps(hop.summary())}")))

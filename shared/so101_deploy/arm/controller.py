@@ -28,6 +28,7 @@ pose); every goal, including watchdog holds, goes through the filter.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -343,9 +344,37 @@ SETTINGS = (
     Setting("SO101_WRIST_LOCK_RAD", "float", math.pi / 2, "wrist_roll angle when locked (within its joint range)"),
     Setting("SO101_JOINT_DELTA_SCALE_RAD", "str", "0.05", "joint-delta mode: rad per unit of action, one number "
             "or one per joint"),
+    Setting("SO101_CLOCK", "choice", "wall", "the safety filter's time (slow start, watchdog): wall (a real arm) "
+            "or sim (the simulated time in the sim arm's joint_state, so a lockstep run is reproducible)",
+            choices=("wall", "sim")),
     Setting("SO101_MAX_ACTION_AGE_S", "float", 0.0, "drop an action computed from a camera frame captured longer "
             "ago than this (the camera on this machine: both times from its clock); 0: off", min=0.0, max=60.0),
 )
+
+
+class ControllerClock:
+    """The time the safety filter runs on.  ``wall``: this machine's monotonic clock (a real arm).  ``sim``:
+    the simulated time the sim arm sends with each joint_state (``sim_time_s``), so the slow-start ramp and
+    the watchdog count control steps, not how fast this machine renders: a lockstep evaluation is then
+    reproducible, and a loop that stalls stalls the simulated time too (no hold in lockstep)."""
+
+    def __init__(self, source: str = "wall"):
+        if source not in ("wall", "sim"):
+            raise ValueError(f"clock: expected 'wall' or 'sim', got {source!r}")
+        self.source = source
+        self._sim_s = 0.0
+
+    def on_joint_state(self, meta) -> None:
+        if self.source != "sim":
+            return
+        t = meta.get("sim_time_s")
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not math.isfinite(t):
+            raise ControllerError(f"SO101_CLOCK=sim: expected the joint_state's metadata sim_time_s (finite seconds, "
+                                  f"sent by the sim arm), got {t!r}; a real arm runs with SO101_CLOCK=wall")
+        self._sim_s = max(self._sim_s, float(t))  # never backwards (a late or repeated state)
+
+    def now(self) -> float:
+        return time.monotonic() if self.source == "wall" else self._sim_s
 
 
 @dataclass

@@ -28,7 +28,7 @@ from so101_deploy.core.gl import headless_gl_fallback
 from so101_deploy.arm.kinematics import Kinematics, gripper_action_to_rad
 from so101_deploy.core.messages import JOINT_NAMES, N_JOINTS, encode, now_ns
 from so101_deploy.core.settings import Setting, SettingError
-from so101_deploy.sim.evaluation import VARIATION_STREAM, ActionSchedule, EpisodeRecord, PerceptionNoise, append_jsonl
+from so101_deploy.sim.evaluation import CONTROL_DT_S, VARIATION_STREAM, ActionSchedule, EpisodeRecord, PerceptionNoise, append_jsonl
 from so101_deploy.sim.episode_video import EpisodeVideo
 from so101_deploy.sim.oracle import OracleSeg, disparity_from_depth
 from so101_deploy.sim.variation import SceneVariation, SceneVariator, parse_variation
@@ -272,6 +272,7 @@ class SimRunner:
         self.frame_id = 0
         self.results: list[dict] = []  # one per finished episode
         self.all_done = False  # `episodes` episodes finished: the sim stops stepping
+        self.total_steps = 0  # control steps over all episodes: the simulated clock (sim_time_s)
         self._episode_index = 0
         self._start_episode(self.seed)
         self.bus_bridge = bus_bridge
@@ -327,6 +328,7 @@ class SimRunner:
         if goal is not None:
             self.sim.apply_goal(goal)
         self.sim.step()
+        self.total_steps += 1
         self.record.update(self.sim.step_count, self.sim.cube_pos()[2], self.sim.is_grasped(), self.sim.is_success())
         if self.video is not None and self.sim.step_count % self.video.every == 0:
             self.video.add(self.sim)
@@ -345,6 +347,7 @@ class SimRunner:
         elif self.bus_bridge is not None:
             self.bus_bridge.apply()
             self.sim.step()
+            self.total_steps += 1
             self.bus_bridge.report()
         else:
             for _ in range(self.schedule.action_every if self.step_on == "goal" else 1):
@@ -360,7 +363,9 @@ class SimRunner:
         cube = self.sim.cube_pos()
         meta = {"episode": self.sim.episode, "episode_step": self.sim.step_count,
                 "cube_x_m": float(cube[0]), "cube_y_m": float(cube[1]), "cube_z_m": float(cube[2]),
-                "grasped": int(self.sim.is_grasped()), "success": int(self.sim.is_success())}
+                "grasped": int(self.sim.is_grasped()), "success": int(self.sim.is_success()),
+                # the simulated clock (a controller with SO101_CLOCK=sim runs its safety filter on it)
+                "sim_time_s": round(self.total_steps * CONTROL_DT_S, 6)}
         if finished is not None:
             meta["previous_episode_success"] = int(finished["success"])
         state = encode("joint_state", self.sim.joint_state(), frame_id=self.state_id, stamp_ns=stamp, **meta)

@@ -263,8 +263,9 @@ def node_env(plan: Plan, knobs: Knobs, args: argparse.Namespace, run_dir: Path) 
            "SO101_SIM_RESEND_S": "5.0", **knobs.sim_env()}
     if not args.no_video:
         sim["SO101_SIM_VIDEO_DIR"] = str(run_dir / "videos")
-    # lockstep: a slow step is not a stalled robot; the watchdog's hold goals would step the sim
-    env = {"sim_arm": sim, "controller": {"SO101_WATCHDOG_S": "10.0"}}
+    # lockstep: the safety filter's slow start and watchdog count simulated time (reproducible episodes; a
+    # slow step is not a stalled robot)
+    env = {"sim_arm": sim, "controller": {"SO101_WATCHDOG_S": "10.0", "SO101_CLOCK": "sim"}}
     if plan.policy != "scripted":
         env["policy"] = {"SO101_POLICY_CHECKPOINT": plan.policy}
     if plan.perception == "learned":
