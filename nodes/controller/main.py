@@ -56,20 +56,17 @@ def build(settings, ctx) -> Handlers:
             raise MessageError(str(e)) from None  # reported and counted as a rejected input
         send(out, msg.frame_id, msg.stamp_ns)
 
-    def on_reset(msg: Message) -> None:
+    def clock_from(msg: Message) -> float:
+        """The safety filter's time after this joint_state (SO101_CLOCK=sim: its simulated time)."""
         try:
             clock.on_joint_state(msg.meta)
         except ControllerError as e:
-            raise MessageError(str(e)) from None
-        loop.restart(msg.data, clock.now())
-        ctx.log.info(f"new episode {msg.meta.get('episode', '?')}: target restarts from the present pose")
+            raise MessageError(str(e)) from None  # reported and counted as a rejected input
+        return clock.now()
 
-    def on_joint_state(msg: Message) -> None:
-        try:
-            clock.on_joint_state(msg.meta)
-        except ControllerError as e:
-            raise MessageError(str(e)) from None
-        loop.on_joint_state(msg.data, clock.now())
+    def on_reset(msg: Message) -> None:
+        loop.restart(msg.data, clock_from(msg))
+        ctx.log.info(f"new episode {msg.meta.get('episode', '?')}: target restarts from the present pose")
 
     def on_estop(msg: Message) -> None:
         was = loop.safety.estop_engaged
@@ -78,7 +75,7 @@ def build(settings, ctx) -> Handlers:
             ctx.log.warning(f"e-stop {'ENGAGED' if loop.safety.estop_engaged else 'released'}")
 
     return Handlers(
-        on_input={"action": on_action, "joint_state": on_joint_state,
+        on_input={"action": on_action, "joint_state": lambda m: loop.on_joint_state(m.data, clock_from(m)),
                   "estop": on_estop, "reset": on_reset},
         on_tick={"tick": lambda: send(loop.on_tick(clock.now()), last_frame["frame_id"], now_ns())},
         on_stop=lambda: (ctx.log.info(f"safety events: {dict(loop.safety.events_total)}"
