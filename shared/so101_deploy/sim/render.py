@@ -85,7 +85,6 @@ class WristRenderer:
             self._scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             self._scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
         self._rect = mujoco.MjrRect(0, 0, self.width, self.height)
-        self._c_coef, self._d_coef = depth_coefficients(model)
         self._rgb = np.empty((self.height, self.width, 3), np.uint8)
         self._depth = np.empty((self.height, self.width), np.float32)
         self._gl = None
@@ -142,8 +141,9 @@ class WristRenderer:
     def _linear_depth(self, depth: np.ndarray) -> np.ndarray:
         # mujoco.Renderer: out64 = d / (float64(buffer) + c), cast to float32, then flipped; the
         # same elementwise float64 operations, in the same order, on the flipped rows
-        out64 = np.add(depth[::-1], self._c_coef, dtype=np.float64)
-        np.divide(self._d_coef, out64, out=out64)
+        c_coef, d_coef = depth_coefficients(self.model)  # per frame, as the Renderer (the model may change)
+        out64 = np.add(depth[::-1], c_coef, dtype=np.float64)
+        np.divide(d_coef, out64, out=out64)
         return out64.astype(np.float32)
 
     def ids_and_depth(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
@@ -205,3 +205,111 @@ def video_renderer(model: mujoco.MjModel, height: int = VIDEO_HEIGHT, width: int
     small.vis.global_.offheight = int(height)
     small.vis.quality.offsamples = 0
     return WristRenderer(small, height, width, camera, lite=True)
+
+
+# --- measurement ------------------------------------------------------------------------------
+
+BENCH_VARIANTS = ("old seg+depth", "old, int compare", "one pass", "one pass + oracle", "rgb 640x480", "video 160x120")
+
+
+def _bench_backend(frames: int) -> dict[str, list[float]]:
+    """Per-frame ms of each variant in this process (its MUJOCO_GL), the variants interleaved frame
+    by frame so that load from other processes hits them alike."""
+    import time
+
+    from so101_deploy.sim.oracle import OracleSeg, disparity_from_depth
+    from so101_deploy.sim.sim_arm import SimArm
+
+    sim = SimArm()
+    sim.reset(0)
+    h, w = sim_scene.IMAGE_HEIGHT, sim_scene.IMAGE_WIDTH
+    seg_r = mujoco.Renderer(sim.model, h, w)
+    seg_r.enable_segmentation_rendering()
+    depth_r = mujoco.Renderer(sim.model, h, w)
+    depth_r.enable_depth_rendering()
+    one = WristRenderer(sim.model)
+    video = video_renderer(sim.model)
+    oracle = OracleSeg(sim.model)
+    geom = mujoco.mjtObj.mjOBJ_GEOM
+
+    def old(obj_geom):
+        seg_r.update_scene(sim.data, camera=sim_scene.CAMERA_NAME)
+        seg = seg_r.render()
+        ids = seg[:, :, 0].astype(np.int32)
+        ids[seg[:, :, 1] != obj_geom] = -1  # the enum: what SimArm.render_seg did before
+        depth_r.update_scene(sim.data, camera=sim_scene.CAMERA_NAME)
+        return ids, np.asarray(depth_r.render(), dtype=np.float32)
+
+    def with_oracle():
+        ids, depth = one.ids_and_depth(sim.data)
+        return oracle.classes(ids), disparity_from_depth(depth)
+
+    fns = {"old seg+depth": lambda: old(geom), "old, int compare": lambda: old(int(geom)),
+           "one pass": lambda: one.ids_and_depth(sim.data), "one pass + oracle": with_oracle,
+           "rgb 640x480": lambda: one.rgb(sim.data), "video 160x120": lambda: video.rgb(sim.data)}
+    try:
+        for fn in fns.values():  # first frames: GL contexts, shader compilation
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for i in range(frames):
+            sim.step()  # a moving scene, as in an episode
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+        return times
+    finally:
+        for r in (seg_r, depth_r, one, video):
+            r.close()
+        sim.close()
+
+
+def bench(backends: tuple[str, ...] = ("osmesa", "egl"), rounds: int = 3, frames: int = 5) -> dict:
+    """Median ms per frame of each variant per GL backend.  mujoco picks the backend when it is
+    imported, so each backend runs in child processes, alternating backends round by round."""
+    import json
+    import subprocess
+    import sys
+
+    times = {b: {k: [] for k in BENCH_VARIANTS} for b in backends}
+    for _ in range(rounds):
+        for b in backends:
+            env = {**os.environ, "MUJOCO_GL": b, "PYOPENGL_PLATFORM": b}
+            p = subprocess.run([sys.executable, "-m", "so101_deploy.sim.render", "--bench-child", str(frames)],
+                               env=env, capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                raise RuntimeError(f"MUJOCO_GL={b}: benchmark child failed: {p.stderr.strip()[-2000:]}")
+            for k, v in json.loads(p.stdout.strip().splitlines()[-1]).items():
+                times[b][k].extend(v)
+    return {b: {k: (float(np.median(v)), len(v)) for k, v in t.items()} for b, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m so101_deploy.sim.render",
+                                     description="wrist camera render times (ms per frame)")
+    parser.add_argument("--bench", action="store_true", help="old two-renderer way vs one pass, per backend")
+    parser.add_argument("--backends", default="osmesa,egl", help="MUJOCO_GL values, comma separated")
+    parser.add_argument("--rounds", type=int, default=3, help="child processes per backend (alternating)")
+    parser.add_argument("--frames", type=int, default=5, help="frames per variant per child")
+    parser.add_argument("--bench-child", type=int, metavar="FRAMES", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bench_child:
+        print(json.dumps(_bench_backend(args.bench_child)))
+        return 0
+    if not args.bench:
+        parser.print_help()
+        return 2
+    result = bench(tuple(b for b in args.backends.split(",") if b), args.rounds, args.frames)
+    print(f"median ms per frame ({args.rounds} rounds x {args.frames} frames per backend, variants interleaved "
+          f"frame by frame; {os.cpu_count()} CPUs, other load on the machine shows up here)")
+    print(f"{'':20s}" + "".join(f"{b:>12s}" for b in result))
+    for k in BENCH_VARIANTS:
+        print(f"{k:20s}" + "".join(f"{result[b][k][0]:12.1f}" for b in result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
