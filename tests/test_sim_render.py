@@ -150,3 +150,12 @@ def test_runner_oracle_frame_uses_the_one_pass_render(sim, monkeypatch):
     out = runner.publish(force_frame=True)
     assert [o[0] for o in out] == ["joint_state", "mask", "disparity"]
     assert calls == [], "the oracle frame must come from one render pass"
+
+
+def test_bench_child_times_every_variant():
+    from so101_deploy.sim.render import BENCH_VARIANTS, _bench_backend, main
+
+    times = _bench_backend(1)
+    assert tuple(times) == BENCH_VARIANTS
+    assert all(len(v) == 1 and v[0] > 0 for v in times.values()), times
+    assert main([]) == 2  # no --bench: help, not a silent run
