@@ -293,3 +293,23 @@ def test_sim_runner_sends_the_simulated_time(sim):
         out = runner.tick()
         times.append(decode("joint_state", out[-1][1], out[-1][2]).meta["sim_time_s"])
     assert times == pytest.approx([0.02, 0.04, 0.04, 0.06, 0.08])
+
+
+def test_video_frames_show_the_varied_scene(sim):
+    """The video renderer's GL buffer is sized on a copy of the model, but each frame's scene comes from the
+    live model: a scene variation shows in the episode's video."""
+    import mujoco
+
+    runner = SimRunner(sim, seed=0, camera=False)
+    mujoco.mj_forward(sim.model, sim.data)  # after mj_step the body poses lag qpos by one step
+    before = sim.render_video_bgr()
+    drawn = sim.variator.apply(parse_variation("camera_pos_m=0.02,cube_rgb_frac=0.5"), np.random.default_rng(1))
+    try:
+        mujoco.mj_forward(sim.model, sim.data)
+        after = sim.render_video_bgr()
+    finally:
+        sim.variator.restore()
+        mujoco.mj_forward(sim.model, sim.data)
+    assert drawn["camera_pos_offset_m"] and np.abs(after.astype(int) - before).mean() > 2
+    np.testing.assert_array_equal(sim.render_video_bgr(), before)
+    runner.close()

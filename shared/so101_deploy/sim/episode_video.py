@@ -11,7 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-VIDEO_HEIGHT, VIDEO_WIDTH = 120, 160
+from so101_deploy.sim.render import VIDEO_HEIGHT, VIDEO_WIDTH
+
 # sim classes 0 other, 1 floor, 2 cube, 3 static finger, 4 moving finger -> BGR
 CLASS_BGR = np.array([[40, 40, 40], [150, 110, 70], [40, 40, 230], [60, 200, 60], [220, 160, 40]], dtype=np.uint8)
 
@@ -24,7 +25,6 @@ class EpisodeVideo:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.oracle = oracle
         self.every = int(every)
-        self._renderer = None
         self._writer: cv2.VideoWriter | None = None
         self._path: Path | None = None
         self._mask: np.ndarray | None = None
@@ -44,24 +44,10 @@ class EpisodeVideo:
         """The oracle frame the policy was last given (full size; shown beside the camera)."""
         self._mask, self._disparity = mask, disparity
 
-    def _rgb(self, sim) -> np.ndarray:
-        import mujoco
-
-        from so101_deploy.sim import scene as sim_scene
-
-        if self._renderer is None:
-            self._renderer = mujoco.Renderer(sim.model, VIDEO_HEIGHT, VIDEO_WIDTH)
-        self._renderer.update_scene(sim.data, camera=sim_scene.CAMERA_NAME)
-        # a person's preview: shadows (a 4096 px shadow map) and the floor's reflection are ~85 % of a
-        # software render's time (170 -> 25 ms at 160x120 with OSMesa); the policy never sees this image
-        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        return np.ascontiguousarray(self._renderer.render()[:, :, ::-1])
-
     def add(self, sim) -> None:
         if self._writer is None:
             return
-        tiles = [self._rgb(sim)]
+        tiles = [sim.render_video_bgr()]
         if self.oracle:
             if self._mask is not None:
                 mask = cv2.resize(CLASS_BGR[np.clip(self._mask, 0, 4)], (VIDEO_WIDTH, VIDEO_HEIGHT),
@@ -90,6 +76,3 @@ class EpisodeVideo:
 
     def close(self) -> None:
         self.finish()
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None

@@ -18,19 +18,18 @@ is in :mod:`so101_deploy.sim.sim_bus`.
 from __future__ import annotations
 
 import math
-import os
 
 import mujoco
 import numpy as np
 
 from so101_deploy.sim import scene as sim_scene
-from so101_deploy.core.gl import headless_gl_fallback
 from so101_deploy.arm.kinematics import Kinematics, gripper_action_to_rad
 from so101_deploy.core.messages import JOINT_NAMES, N_JOINTS, encode, now_ns
 from so101_deploy.core.settings import Setting, SettingError
 from so101_deploy.sim.evaluation import CONTROL_DT_S, VARIATION_STREAM, ActionSchedule, EpisodeRecord, PerceptionNoise, append_jsonl
 from so101_deploy.sim.episode_video import EpisodeVideo
 from so101_deploy.sim.oracle import OracleSeg, disparity_from_depth
+from so101_deploy.sim.render import WristRenderer, video_renderer
 from so101_deploy.sim.variation import SceneVariation, SceneVariator, parse_variation
 from so101_deploy.sim.sim_bus import BusProcess, SimBusBridge
 
@@ -74,7 +73,7 @@ class SimArm:
         self._cube_geom = m.geom(sim_scene.CUBE_GEOM).id
         self._pads = {m.geom(n).id for n in sim_scene.PAD_GEOMS}
         self._site = m.site("gripperframe").id
-        self._renderers: dict[str, mujoco.Renderer] = {}
+        self._renderers: dict[str, WristRenderer] = {}
         # one per model: it remembers the nominal scene, which a second one made after a variation would not
         self.variator = SceneVariator(self.model)
         self._gain_on = m.actuator_gainprm[self._act].copy()
@@ -196,38 +195,37 @@ class SimArm:
 
     # --- rendering ----------------------------------------------------------------------------
 
-    def _renderer(self, kind: str) -> mujoco.Renderer:
+    def _renderer(self, kind: str = "wrist") -> WristRenderer:
+        """The wrist camera's renderer, created on first use: "wrist" (640x480: geom ids and depth in
+        one pass, colour) or "video" (VIDEO_WIDTH x VIDEO_HEIGHT colour, cheap lite look)."""
         r = self._renderers.get(kind)
         if r is None:
-            headless_gl_fallback()
-            try:
-                r = mujoco.Renderer(self.model, sim_scene.IMAGE_HEIGHT, sim_scene.IMAGE_WIDTH)
-            except Exception as e:  # noqa: BLE001 - GL setup errors come in several types
-                raise RuntimeError(f"cannot create a MuJoCo renderer (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}); "
-                                   f"on a headless machine set MUJOCO_GL=osmesa (libosmesa6): {e}") from e
-            if kind == "seg":
-                r.enable_segmentation_rendering()
-            elif kind == "depth":
-                r.enable_depth_rendering()
+            r = video_renderer(self.model) if kind == "video" else WristRenderer(self.model)
             self._renderers[kind] = r
-        r.update_scene(self.data, camera=sim_scene.CAMERA_NAME)
         return r
 
     def render_rgb_bgr(self) -> np.ndarray:
         """The wrist camera, (480, 640, 3) uint8 BGR (the camera node's format)."""
-        rgb = self._renderer("rgb").render()
+        rgb = self._renderer().rgb(self.data)
+        return np.ascontiguousarray(rgb[:, :, ::-1])
+
+    def render_video_bgr(self) -> np.ndarray:
+        """A small wrist frame for an episode video, (VIDEO_HEIGHT, VIDEO_WIDTH, 3) uint8 BGR, without
+        shadows or floor reflection (cheap; not the look the policy sees)."""
+        rgb = self._renderer("video").rgb(self.data)
         return np.ascontiguousarray(rgb[:, :, ::-1])
 
     def render_seg(self) -> np.ndarray:
         """(480, 640) int32 geom id per pixel, -1 where no geom is seen (sky, sites)."""
-        seg = self._renderer("seg").render()
-        ids = seg[:, :, 0].astype(np.int32)
-        ids[seg[:, :, 1] != mujoco.mjtObj.mjOBJ_GEOM] = -1
-        return ids
+        return self._renderer().geom_ids(self.data)
 
     def render_depth_m(self) -> np.ndarray:
-        """(480, 640) float32 metric depth along the camera axis (mujoco 3.4 Renderer linearises it)."""
-        return np.asarray(self._renderer("depth").render(), dtype=np.float32)
+        """(480, 640) float32 metric depth along the camera axis (linearised as mujoco 3.4's Renderer)."""
+        return self._renderer().depth_m(self.data)
+
+    def render_seg_and_depth(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`render_seg` and :meth:`render_depth_m` of the same instant from ONE render pass."""
+        return self._renderer().ids_and_depth(self.data)
 
     def close(self) -> None:
         for r in self._renderers.values():
@@ -386,8 +384,9 @@ class SimRunner:
         if self.camera:
             out.append(("image", *encode("image", self.sim.render_rgb_bgr(), **frame)))
         if self.oracle_seg is not None:
-            mask = self.noise.mask(self.oracle_seg.classes(self.sim.render_seg()))
-            disparity = self.noise.disparity(disparity_from_depth(self.sim.render_depth_m()))
+            geom_ids, depth_m = self.sim.render_seg_and_depth()  # one render pass for both
+            mask = self.noise.mask(self.oracle_seg.classes(geom_ids))
+            disparity = self.noise.disparity(disparity_from_depth(depth_m))
             out.append(("mask", *encode("seg_mask", mask, classes="sim5", **frame)))
             out.append(("disparity", *encode("disparity", disparity, **frame)))
             if self.video is not None:
