@@ -95,6 +95,7 @@ def test_episode_record_lift_height_and_time_to_grasp(tmp_path):
     assert d["success"] and d["steps"] == 4 and d["grasp_step"] == 2
     assert d["time_to_grasp_s"] == pytest.approx(0.04) and d["lift_height_m"] == pytest.approx(0.105)
     assert d["duration_s"] == pytest.approx(0.08) and "started_s" not in d
+    assert d["wall_s"] == 0.0, "no policy step yet: no wall time (the first reset precedes the graph's start)"
     path = tmp_path / "e.jsonl"
     append_jsonl(path, d)
     append_jsonl(path, {**d, "seed": 5})
@@ -313,3 +314,38 @@ def test_video_frames_show_the_varied_scene(sim):
     assert drawn["camera_pos_offset_m"] and np.abs(after.astype(int) - before).mean() > 2
     np.testing.assert_array_equal(sim.render_video_bgr(), before)
     runner.close()
+
+
+# --- lockstep --------------------------------------------------------------------------------------------------
+
+def test_lockstep_steps_only_on_a_goal_for_the_frame_sent_last(sim):
+    from so101_deploy.core.messages import decode
+
+    runner = SimRunner(sim, seed=0, camera=False)
+    runner.step_on = "goal"
+    first = runner.publish(force_frame=True)
+    stamp = decode("joint_state", first[0][1], first[0][2]).stamp_ns
+    goal = sim.goal_rad()
+    assert not runner.lockstep_goal(goal, stamp, "watchdog")  # a hold goal: the sim waits for the loop
+    assert not runner.lockstep_goal(goal, stamp - 1, "action")  # computed from an older frame
+    assert runner.ignored == {"watchdog": 1, "stale": 1} and sim.step_count == 0
+    assert runner.lockstep_goal(goal, stamp, "action")
+    runner.tick()
+    assert sim.step_count == 1 and runner.last_stamp_ns != stamp
+
+
+def test_lockstep_pacer_resends_after_a_few_cycles_not_a_fixed_wait():
+    from so101_deploy.sim.evaluation import LockstepPacer
+
+    p = LockstepPacer(floor_s=0.25)
+    assert p.stalled(0.0), "nothing sent yet: send the first frame"
+    p.sent(10.0)
+    assert not p.stalled(10.2) and p.stalled(10.3)
+    for k in range(10):  # slow cycles of 0.5 s (learned perception on a CPU)
+        p.sent(20.0 + k)
+        p.goal(20.5 + k)
+    assert p.timeout_s() == pytest.approx(2.0)
+    p.sent(40.0)
+    assert not p.stalled(41.5) and p.stalled(42.1)
+    with pytest.raises(ValueError):
+        LockstepPacer(0.0)

@@ -20,7 +20,7 @@ import time
 from so101_deploy.arm.kinematics import GRIPPERFRAME_SETTING
 from so101_deploy.core.messages import Message
 from so101_deploy.core.node import RAW, Handlers, NodeSpec, run_node
-from so101_deploy.sim.evaluation import FINISHED_LINE
+from so101_deploy.sim.evaluation import FINISHED_LINE, LockstepPacer
 from so101_deploy.sim.sim_arm import SETTINGS, runner_from_settings
 
 SPEC = NodeSpec("sim_arm", SETTINGS + (GRIPPERFRAME_SETTING,), inputs={"goal": "joint_goal", "tick": RAW},
@@ -30,12 +30,14 @@ SPEC = NodeSpec("sim_arm", SETTINGS + (GRIPPERFRAME_SETTING,), inputs={"goal": "
 
 def build(settings, ctx) -> Handlers:
     runner, bus = runner_from_settings(settings)
-    state = {"episode": runner.sim.episode, "last_send": None}
+    state = {"episode": runner.sim.episode}
+    pacer = LockstepPacer(runner.resend_s)
 
     def send(messages) -> None:
         for output_id, value, meta in messages:
             ctx.send(output_id, value, meta)
-        state["last_send"] = time.monotonic()
+        if messages:
+            pacer.sent(time.monotonic())
         if runner.sim.episode != state["episode"]:
             state["episode"] = runner.sim.episode
             ctx.log.info(f"episode {_brief(runner.results[-1])} -> reset, episode {runner.sim.episode}")
@@ -48,19 +50,18 @@ def build(settings, ctx) -> Handlers:
     def on_tick() -> None:
         if runner.step_on == "tick":
             send(runner.tick())
-        elif state["last_send"] is None or time.monotonic() - state["last_send"] > runner.resend_s:
+        elif not runner.all_done and pacer.stalled(time.monotonic()):
+            if pacer.sent_s is not None:
+                pacer.resends += 1
             send(runner.publish(force_frame=True))  # first frame, or the loop stalled: show it again
 
     def on_goal(msg: Message) -> None:
         if bus is not None:
             return  # the bus variant takes its goals from the servo bus
-        if runner.step_on == "goal" and msg.meta.get("source") == "watchdog":
-            # lockstep: the sim waits for the loop, so a slow step is not a stalled arm; a watchdog's hold
-            # goal would step it with a goal no action asked for (and a frame nobody waits for)
-            state["watchdog_goals_ignored"] = state.get("watchdog_goals_ignored", 0) + 1
-            return
-        runner.on_goal(msg.data)
-        if runner.step_on == "goal":
+        if runner.step_on != "goal":
+            runner.on_goal(msg.data)
+        elif runner.lockstep_goal(msg.data, msg.stamp_ns, msg.meta.get("source")):
+            pacer.goal(time.monotonic())
             send(runner.tick())
 
     def on_stop() -> None:
@@ -70,8 +71,8 @@ def build(settings, ctx) -> Handlers:
         ctx.log.info(f"{len(runner.results)} episodes finished, {wins} successes: {[_brief(r) for r in runner.results]}; "
                      f"episode {runner.sim.episode} at step {runner.sim.step_count}: "
                      f"success={runner.sim.is_success()}, cube z {runner.sim.cube_pos()[2]:.3f} m"
-                     + (f"; {state['watchdog_goals_ignored']} watchdog hold goal(s) ignored (lockstep)"
-                        if state.get("watchdog_goals_ignored") else ""))
+                     + (f"; lockstep: {pacer.resends} re-send(s) after a stall, goals ignored {runner.ignored}"
+                        if runner.step_on == "goal" else ""))
         runner.close()
 
     return Handlers(on_input={"goal": on_goal}, on_tick={"tick": on_tick}, on_stop=on_stop)

@@ -73,6 +73,39 @@ class ActionSchedule:
         return len(self._pending)
 
 
+class LockstepPacer:
+    """When a lockstep loop has stalled: no goal for the frame sent last within ``max(floor_s, 4 x the
+    median of the last cycles)``.  A message lost on the way (dora has dropped one 1.2 MB disparity in ~25
+    here) then costs a few cycles, not a fixed 5 s; a goal computed from an older frame is recognised by its
+    stamp and dropped, so a re-send never leaves two frames in flight."""
+
+    def __init__(self, floor_s: float, window: int = 20):
+        if not (math.isfinite(floor_s) and floor_s > 0):
+            raise ValueError(f"lockstep re-send floor: expected > 0 s, got {floor_s!r}")
+        self.floor_s = float(floor_s)
+        self._cycles: list[float] = []
+        self._window = int(window)
+        self.sent_s: float | None = None
+        self.resends = 0
+        self.stale_goals = 0
+
+    def sent(self, now_s: float) -> None:
+        self.sent_s = now_s
+
+    def goal(self, now_s: float) -> None:
+        """A goal for the frame sent last arrived."""
+        if self.sent_s is not None:
+            self._cycles = (self._cycles + [now_s - self.sent_s])[-self._window:]
+
+    def timeout_s(self) -> float:
+        if not self._cycles:
+            return self.floor_s
+        return max(self.floor_s, 4.0 * float(np.median(self._cycles)))
+
+    def stalled(self, now_s: float) -> bool:
+        return self.sent_s is None or now_s - self.sent_s > self.timeout_s()
+
+
 class PerceptionNoise:
     """Noise on the oracle's mask and disparity (see the module doc); p = 0 changes nothing."""
 
@@ -113,8 +146,8 @@ class EpisodeRecord:
     max_cube_z_m: float = -math.inf
     variation: dict = field(default_factory=dict)
     policy_steps: int = 0  # goals received (one per action of the policy)
-    started_s: float = field(default_factory=time.monotonic)  # wall clock, for steps per second
-    wall_s: float = 0.0
+    started_s: float | None = None  # wall clock at the first goal (not at the reset: the first episode's
+    wall_s: float = 0.0  # reset happens before the other nodes have even loaded), for steps per second
 
     def update(self, step: int, cube_z_m: float, grasped: bool, success: bool) -> None:
         self.steps = int(step)
@@ -122,7 +155,14 @@ class EpisodeRecord:
         if grasped and self.grasp_step is None:
             self.grasp_step = int(step)
         self.success = bool(success)
-        self.wall_s = time.monotonic() - self.started_s
+        if self.started_s is not None:
+            self.wall_s = time.monotonic() - self.started_s
+
+    def on_policy_step(self) -> None:
+        """A goal computed from one of this episode's frames arrived."""
+        if self.started_s is None:
+            self.started_s = time.monotonic()
+        self.policy_steps += 1
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -270,6 +270,8 @@ class SimRunner:
         self.frame_id = 0
         self.results: list[dict] = []  # one per finished episode
         self.all_done = False  # `episodes` episodes finished: the sim stops stepping
+        self.last_stamp_ns: int | None = None  # of the last publish: a lockstep goal must answer it
+        self.ignored = {"watchdog": 0, "stale": 0}  # lockstep goals not stepped on (see :meth:`lockstep_goal`)
         self.total_steps = 0  # control steps over all episodes: the simulated clock (sim_time_s)
         self._episode_index = 0
         self._start_episode(self.seed)
@@ -297,7 +299,20 @@ class SimRunner:
         if goal.shape != (N_JOINTS,) or not np.all(np.isfinite(goal)):
             self.sim.apply_goal(goal)  # raises SimError, the one message for a bad goal
         self.schedule.push(goal, self.sim.step_count)
-        self.record.policy_steps += 1
+        self.record.on_policy_step()
+
+    def lockstep_goal(self, goal_rad: np.ndarray, stamp_ns: int, source: str | None) -> bool:
+        """A goal in lockstep (``step_on`` "goal"): True when it answers the frame sent last and the sim
+        should :meth:`tick`.  A watchdog's hold goal is ignored (the sim waits for the loop: a slow step is
+        not a stalled arm), and so is a goal computed from an older frame (after a re-send)."""
+        if source == "watchdog":
+            self.ignored["watchdog"] += 1
+            return False
+        if self.last_stamp_ns is not None and stamp_ns != self.last_stamp_ns:
+            self.ignored["stale"] += 1
+            return False
+        self.on_goal(goal_rad)
+        return True
 
     def episode_over(self) -> bool:
         if self.episode_steps == 0:  # one endless episode (the bus variant: a real arm never teleports)
@@ -358,6 +373,7 @@ class SimRunner:
         """The present state as messages, without stepping (the first frame of a lockstep run, or a
         resend when the loop stalled): joint_state, plus a frame when one is due or forced."""
         stamp = now_ns()
+        self.last_stamp_ns = stamp
         cube = self.sim.cube_pos()
         meta = {"episode": self.sim.episode, "episode_step": self.sim.step_count,
                 "cube_x_m": float(cube[0]), "cube_y_m": float(cube[1]), "cube_z_m": float(cube[2]),
@@ -411,7 +427,8 @@ SETTINGS = (
             "then drives the sim"),
     Setting("SO101_SIM_EPISODE_STEPS", "int", None, f"control steps per episode (0: never reset; default "
             f"{EPISODE_STEPS}, or 0 in the bus variant)", min=0),
-    Setting("SO101_SIM_RESEND_S", "float", 1.0, "lockstep: re-send the state when no goal came for this long",
+    Setting("SO101_SIM_RESEND_S", "float", 1.0, "lockstep: re-send the present frame when no goal answered it for "
+            "max(this, 4 x the median cycle)",
             min=0.05, max=60.0),
     Setting("SO101_CALIBRATION", "str", None, "bus variant: the LeRobot calibration JSON the servo node uses "
             "(default: the shipped example)"),
