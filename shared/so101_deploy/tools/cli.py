@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "view": ("so101_deploy.tools.viewer", "turn a recording folder into a rerun .rrd with the live view's entities"),
     "evaluate": ("so101_deploy.tools.evaluate",
                  "pre-flight: a checkpoint (or the scripted policy) on training's task in the simulator through this graph; "
-                 "success rate with its 95 % CI, deployment knobs, --sweep"),
+                 "success rate with its 95-percent interval, deployment knobs, --sweep"),
     "sim-lift": ("so101_deploy.tools.sim_lift", "scripted cube lift in the MuJoCo sim through controller + safety (success rate, timings)"),
     "two-machines": ("so101_deploy.tools.two_machines", "the two-machine flow: write its cluster copy (flow), measure JPEG (jpeg) and the link on loopback (bench)"),
 }
