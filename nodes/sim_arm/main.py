@@ -53,6 +53,7 @@ def build(settings, ctx) -> Handlers:
         elif not runner.all_done and pacer.stalled(time.monotonic()):
             if pacer.sent_s is not None:
                 pacer.resends += 1
+                runner.record.resends += 1
             send(runner.publish(force_frame=True))  # first frame, or the loop stalled: show it again
 
     def on_goal(msg: Message) -> None:

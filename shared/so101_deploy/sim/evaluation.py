@@ -146,6 +146,7 @@ class EpisodeRecord:
     max_cube_z_m: float = -math.inf
     variation: dict = field(default_factory=dict)
     policy_steps: int = 0  # goals received (one per action of the policy)
+    resends: int = 0  # lockstep frames re-sent after a stall: the policy saw a frame twice (not reproducible)
     started_s: float | None = None  # wall clock at the first goal (not at the reset: the first episode's
     wall_s: float = 0.0  # reset happens before the other nodes have even loaded), for steps per second
 
