@@ -160,6 +160,9 @@ def test_stopping_sim_bus_waits_a_bounded_time_for_a_client_that_polls_on(tmp_pa
     port, pkt = scs.PortHandler(bus.path), scs.PacketHandler(0)
     try:
         assert port.openPort() and port.setBaudRate(1_000_000)
+        # Lock 1 (a release not finished): the bus waits for 1 s of quiet, which a poll every 20 ms never
+        # gives even on a loaded machine (with every Lock 0 it would stop after 0.1 s of quiet)
+        assert pkt.write1ByteTxRx(port, 1, REGISTERS["Lock"].address, 1)[0] == scs.COMM_SUCCESS
         polling = threading.Event()
         polling.set()
 

@@ -61,7 +61,7 @@ def build(settings, ctx) -> Handlers:
             return  # the bus variant takes its goals from the servo bus
         if runner.step_on != "goal":
             runner.on_goal(msg.data)
-        elif runner.lockstep_goal(msg.data, msg.stamp_ns, msg.meta.get("source")):
+        elif runner.lockstep_goal(msg.data, msg.frame_id, msg.meta.get("source")):
             pacer.goal(time.monotonic())
             send(runner.tick())
 

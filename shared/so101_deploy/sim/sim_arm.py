@@ -301,14 +301,17 @@ class SimRunner:
         self.schedule.push(goal, self.sim.step_count)
         self.record.on_policy_step()
 
-    def lockstep_goal(self, goal_rad: np.ndarray, stamp_ns: int, source: str | None) -> bool:
+    def lockstep_goal(self, goal_rad: np.ndarray, frame_id: int, source: str | None) -> bool:
         """A goal in lockstep (``step_on`` "goal"): True when it answers the frame sent last and the sim
-        should :meth:`tick`.  A watchdog's hold goal is ignored (the sim waits for the loop: a slow step is
+        should :meth:`tick` (its ``frame_id`` is that of the last publish).  A watchdog's hold goal is ignored (the sim waits for the loop: a slow step is
         not a stalled arm), and so is a goal computed from an older frame (after a re-send)."""
         if source == "watchdog":
             self.ignored["watchdog"] += 1
             return False
-        if self.last_stamp_ns is not None and stamp_ns != self.last_stamp_ns:
+        # the goal carries the id of what it was computed from: the camera frame (policy) or the joint state
+        # (scripted policy); both are the last publish's in lockstep.  Ids, not stamps: a replayed goal matches
+        answered = {self.state_id - 1, self.frame_id - 1}
+        if self.state_id > 0 and frame_id not in answered:
             self.ignored["stale"] += 1
             return False
         self.on_goal(goal_rad)
