@@ -270,7 +270,6 @@ class SimRunner:
         self.frame_id = 0
         self.results: list[dict] = []  # one per finished episode
         self.all_done = False  # `episodes` episodes finished: the sim stops stepping
-        self.last_stamp_ns: int | None = None  # of the last publish: a lockstep goal must answer it
         self.ignored = {"watchdog": 0, "stale": 0}  # lockstep goals not stepped on (see :meth:`lockstep_goal`)
         self.total_steps = 0  # control steps over all episodes: the simulated clock (sim_time_s)
         self._episode_index = 0
@@ -376,7 +375,6 @@ class SimRunner:
         """The present state as messages, without stepping (the first frame of a lockstep run, or a
         resend when the loop stalled): joint_state, plus a frame when one is due or forced."""
         stamp = now_ns()
-        self.last_stamp_ns = stamp
         cube = self.sim.cube_pos()
         meta = {"episode": self.sim.episode, "episode_step": self.sim.step_count,
                 "cube_x_m": float(cube[0]), "cube_y_m": float(cube[1]), "cube_z_m": float(cube[2]),
