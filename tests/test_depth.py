@@ -141,6 +141,23 @@ def test_onnx_agrees_with_torch_one_export_per_input_shape(fixture_paths, hf_mod
         session.run(np.zeros((1, 3, 112, 112), np.float32))
 
 
+def test_onnx_export_fuses_each_attention_into_one_node(fixture_paths, hf_model, frames, tmp_path):
+    import onnx
+
+    onnx_model = DepthModel.load(fixture_paths["depth_hf_dir"], backend="onnx", input_size=SIZE,
+                                 onnx_cache_dir=tmp_path, threads=2)
+    ref, got = hf_model.predict(frames[0].data), onnx_model.predict(frames[0].data)
+    graph = onnx.load(str(onnx_model.session((1, 3, 112, 154)).path)).graph
+    ops = [n.op_type for n in graph.node]
+    layers = onnx_model.module.config.backbone_config.num_hidden_layers
+    # one contrib MultiHeadAttention per DINOv2 block, and no Softmax left over from a plain attention
+    assert ops.count("MultiHeadAttention") == layers and "Softmax" not in ops
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    # the torch model itself is left with its own attention implementation
+    assert onnx_model.module.config.backbone_config._attn_implementation != "so101_ort_mha"
+    np.testing.assert_array_equal(DepthModel(onnx_model.module, input_size=SIZE).predict(frames[0].data), ref)
+
+
 # --- what must be refused -----------------------------------------------------------------------------------
 
 def test_missing_and_truncated_files(fixture_paths, tmp_path):

@@ -22,6 +22,7 @@ import numpy as np
 from so101_deploy.core.messages import Message, encode
 from so101_deploy.core.settings import Setting, SettingError
 from so101_deploy.perception.depth_checkpoint import PATCH, load_depth_module
+from so101_deploy.perception.ort_attention import CONTRIB_OPSET
 from so101_deploy.perception.seg import (BACKENDS, DEVICES, MODEL_RUNTIME_SETTINGS, ModelLoadError,
                                          apply_runtime_settings, check_bgr_frame, check_device_setting,
                                          imagenet_normalise, rgb_tensor)
@@ -70,7 +71,11 @@ def resize_bilinear_align_corners(x: np.ndarray, height: int, width: int) -> np.
 
 
 def _export_wrapper(module):
+    """The module as ``pixel_values -> predicted_depth``; traced for ONNX, its attention is exported as
+    fused ``MultiHeadAttention`` nodes (:mod:`so101_deploy.perception.ort_attention`)."""
     import torch
+
+    from so101_deploy.perception.ort_attention import fused_attention
 
     class PredictedDepth(torch.nn.Module):
         def __init__(self, m):
@@ -78,6 +83,9 @@ def _export_wrapper(module):
             self.m = m
 
         def forward(self, pixel_values):
+            if torch.jit.is_tracing():
+                with fused_attention(self.m):
+                    return self.m(pixel_values=pixel_values).predicted_depth
             return self.m(pixel_values=pixel_values).predicted_depth
 
     return PredictedDepth(module).eval()
@@ -204,7 +212,7 @@ class DepthModel:
                 self.module = load_depth_module(self.source)
             s = self._sessions[input_shape] = session_for(
                 _export_wrapper(self.module), input_shape, ONNX_TAG, "pixel_values", "predicted_depth",
-                cache_dir=self.onnx_cache_dir, device=self.device, threads=self.threads)
+                cache_dir=self.onnx_cache_dir, device=self.device, threads=self.threads, custom_opsets=CONTRIB_OPSET)
             write_manifest(self.onnx_cache_dir, ONNX_TAG, self.file_key, s.path, {}, input_shape)
         return s
 

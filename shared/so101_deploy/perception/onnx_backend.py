@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 # bump when the export itself changes (wrapper, opset, names) so stale cache files are not reused
-EXPORT_FORMAT = "v1"
+EXPORT_FORMAT = "v2"  # v2: depth's attention as fused MultiHeadAttention nodes
 DEFAULT_CACHE_DIR = Path("~/.cache/so101-deploy/onnx")
 # process-wide session options, set by a model node from its settings (SO101_ORT_SPIN) before it loads
 SESSION_DEFAULTS: dict = {"spinning": False}
@@ -72,20 +72,23 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def export_onnx(module, input_shape: Sequence[int], path: str | Path, input_name: str,
-                output_name: str | Sequence[str]) -> Path:
+                output_name: str | Sequence[str], custom_opsets: dict[str, int] | None = None) -> Path:
     """Export ``module`` (fp32, eval, CPU) at a fixed ``input_shape``; written atomically.  ``output_name``:
-    one name, or one per output of a module that returns a tuple."""
+    one name, or one per output of a module that returns a tuple.  ``custom_opsets``: domains of contrib
+    ops the module's symbolics emit (e.g. ``{"com.microsoft": 1}``)."""
     import torch
 
     example = torch.zeros(tuple(int(d) for d in input_shape), dtype=torch.float32)
 
     def export(tmp: Path) -> None:
-        with torch.inference_mode(), warnings.catch_warnings():
+        # no_grad, not inference_mode: the tracer cannot record custom ops on inference tensors
+        with torch.no_grad(), warnings.catch_warnings():
             # the tracer warns that shapes become constants: exactly what a fixed-shape export means
             warnings.simplefilter("ignore")
             torch.onnx.export(module.eval(), (example,), str(tmp), dynamo=False, opset_version=OPSET,
                               input_names=[input_name],
-                              output_names=[output_name] if isinstance(output_name, str) else list(output_name))
+                              output_names=[output_name] if isinstance(output_name, str) else list(output_name),
+                              custom_opsets=custom_opsets)
 
     write_atomically(path, export)
     return path
@@ -145,7 +148,8 @@ class OnnxSession:
 
 
 def session_for(module, input_shape: Sequence[int], tag: str, input_name: str, output_name: str | Sequence[str],
-                cache_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> OnnxSession:
+                cache_dir: str | Path | None = None, device: str = "cpu", threads: int | None = None,
+                custom_opsets: dict[str, int] | None = None) -> OnnxSession:
     """The session for ``module`` at ``input_shape``, exporting it into the cache when missing.
 
     A cache file that onnxruntime cannot load (truncated by a crash, say) is exported again once.
@@ -153,7 +157,7 @@ def session_for(module, input_shape: Sequence[int], tag: str, input_name: str, o
     path = cache_path(cache_dir, tag, weights_digest(module), input_shape)
     if not path.exists():
         logger.info(f"exporting {tag} to ONNX at input shape {tuple(input_shape)} -> {path}")
-        export_onnx(module, input_shape, path, input_name, output_name)
+        export_onnx(module, input_shape, path, input_name, output_name, custom_opsets)
         return OnnxSession(path, input_shape, device, threads)
     try:
         return OnnxSession(path, input_shape, device, threads)
@@ -161,7 +165,7 @@ def session_for(module, input_shape: Sequence[int], tag: str, input_name: str, o
         if "CUDAExecutionProvider" in str(e) or "device must be" in str(e):
             raise
         logger.warning(f"cached {path} is unusable ({e}); exporting again")
-        export_onnx(module, input_shape, path, input_name, output_name)
+        export_onnx(module, input_shape, path, input_name, output_name, custom_opsets)
         return OnnxSession(path, input_shape, device, threads)
 
 
