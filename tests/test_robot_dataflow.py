@@ -47,9 +47,15 @@ def test_real_robot_graph_on_video_and_software_bus(tmp_path):
     md = render_markdown({"machine": {"device": "cpu", "cpu_count": 2, "torch": "x"}, "command": "so101-deploy bench",
                           "graph_settings": {"seg_backend": "onnx", "depth_backend": "onnx", "depth_size": 266},
                           "handoff": {"p50_ms": 1500.0, "rate_hz": 0.66}, "graph": res,
-                          "speedup_vs_handoff": round(res["control_rate_hz"] / 0.66, 2)})
+                          "speedup_vs_handoff": round(res["control_rate_hz"] / 0.66, 2),
+                          "int8_quantization": {"accepted": False, "reason": "int8 depth rejected: correlates 0.5"},
+                          "int8_quantization_same_size": {"accepted": True, "correlation_min": 0.999, "check_frames": 4,
+                                                          "int8_ms": 700.0, "fp32_ms": 1100.0},
+                          "graph_int8_same_size": res, "speedup_int8_same_size_vs_handoff": 2.5})
     for part in ("### Graph run, depth at 266", "start-up, `dora run` -> first goal", "| servo | ",
-                 "| servo_write | ", "| depth_out | ", "speed-up over the hand-off pipeline"):
+                 "| servo_write | ", "| depth_out | ", "speed-up over the hand-off pipeline",
+                 "static int8 depth: int8 depth rejected", "correlates 0.999 (worst of 4", "**2.5x** the hand-off",
+                 "### Graph run, depth at 266, int8 (the hand-off's size)"):
         assert part in md, (part, md)
 
     # what the servo node wrote on the bus: torque on, goals inside the calibrated range, bounded steps

@@ -270,24 +270,32 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def bench_int8_graph(models: dict[str, Path], args: argparse.Namespace, out: Path, seg_backend: str,
                      depth_size: int, node_env: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """quantize-depth on generated frames, then the graph with SO101_DEPTH_INT8=true if it was accepted."""
+    """quantize-depth on generated frames, then the graph with SO101_DEPTH_INT8=true if it was accepted;
+    likewise at the hand-off's depth size (518) unless same-size is skipped."""
     from dataclasses import asdict  # noqa: PLC0415
 
     from so101_deploy.sim.synthetic import write_image_folder  # noqa: PLC0415
     from so101_deploy.tools.quantize import QuantizationRejected, quantize_depth, read_frames  # noqa: PLC0415
 
-    print("[bench] quantizing depth to static int8 ...", flush=True)
     write_image_folder(out / "int8_frames", frames=12, seed=5)
     frames = read_frames(out / "int8_frames")
-    try:
-        report = asdict(quantize_depth(models["depth"], frames, depth_size, out / "onnx", threads=2))
-    except QuantizationRejected as e:
-        return {"int8_quantization": {"accepted": False, "reason": str(e)}}
     env = {**node_env, "depth": {**node_env.get("depth", {}), "SO101_DEPTH_INT8": "true"}}
-    print(f"[bench] dataflow.yml with int8 depth for {args.seconds:.0f} s ...", flush=True)
-    graph = bench_graph(models, "cpu", args.seconds, out / "graph_int8", seg_backend, "onnx", depth_size,
-                        flows=args.flows, node_env=env)
-    return {"int8_quantization": report, "graph_int8": graph}
+    sizes = [("", depth_size)]
+    if depth_size != HANDOFF_DEPTH_SIZE and "same-size" not in args.skip:
+        sizes.append(("_same_size", HANDOFF_DEPTH_SIZE))
+    result: dict[str, Any] = {}
+    for suffix, size in sizes:
+        print(f"[bench] quantizing depth at {size} to static int8 ...", flush=True)
+        try:
+            report = asdict(quantize_depth(models["depth"], frames, size, out / "onnx", threads=2))
+        except QuantizationRejected as e:
+            result[f"int8_quantization{suffix}"] = {"accepted": False, "reason": str(e)}
+            continue
+        print(f"[bench] dataflow.yml with int8 depth at {size} for {args.seconds:.0f} s ...", flush=True)
+        result[f"int8_quantization{suffix}"] = report
+        result[f"graph_int8{suffix}"] = bench_graph(models, "cpu", args.seconds, out / f"graph_int8_{size}",
+                                                    seg_backend, "onnx", size, flows=args.flows, node_env=env)
+    return result
 
 
 def parse_graph_env(items: list[str]) -> dict[str, dict[str, str]]:
@@ -361,7 +369,8 @@ def run(args: argparse.Namespace) -> int:
         result.update(bench_int8_graph(models, args, out, seg_backend, depth_size, node_env))
     if "handoff" in result and result["handoff"]["rate_hz"] > 0:
         for key, ratio in (("graph", "speedup_vs_handoff"), ("graph_same_size", "speedup_same_size_vs_handoff"),
-                           ("graph_int8", "speedup_int8_vs_handoff")):
+                           ("graph_int8", "speedup_int8_vs_handoff"),
+                           ("graph_int8_same_size", "speedup_int8_same_size_vs_handoff")):
             if key in result:
                 result[ratio] = round(result[key]["control_rate_hz"] / result["handoff"]["rate_hz"], 2)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
@@ -415,17 +424,21 @@ def render_markdown(r: dict[str, Any]) -> str:
             note = (f" (the graph runs at the camera's {CAMERA_FPS:.0f} fps, its ceiling; the hand-off loop "
                     f"was timed in-process without a camera)")
         lines.append(f"- speed-up over the hand-off pipeline: **{r['speedup_vs_handoff']}x**{note}")
-    q = r.get("int8_quantization")
-    if q:
+    for suffix in ("", "_same_size"):
+        q = r.get(f"int8_quantization{suffix}")
+        if not q:
+            continue
         if q.get("accepted"):
-            g = r["graph_int8"]
-            lines.append(f"- with static int8 depth (`quantize-depth`: its 84x84 disparity observation correlates "
-                         f"{q['correlation_min']} (worst of {q['check_frames']} held-out frames) with fp32's; "
-                         f"{q['int8_ms']} ms vs {q['fp32_ms']} ms per frame alone): **{g['control_rate_hz']} Hz**, "
-                         f"capture-to-goal {_p50_p90(g)}; **{r.get('speedup_int8_vs_handoff', 'n/a')}x**")
+            g = r[f"graph_int8{suffix}"]
+            lines.append(f"- with static int8 depth at {g['depth_size']} (`quantize-depth`: its 84x84 disparity "
+                         f"observation correlates {q['correlation_min']} (worst of {q['check_frames']} held-out "
+                         f"frames) with fp32's; {q['int8_ms']} ms vs {q['fp32_ms']} ms per frame alone): "
+                         f"**{g['control_rate_hz']} Hz**, capture-to-goal {_p50_p90(g)}; "
+                         f"**{r.get(f'speedup_int8{suffix}_vs_handoff', 'n/a')}x** the hand-off pipeline")
         else:
             lines.append(f"- static int8 depth: {q['reason']}")
-    for key, label in (("graph", ""), ("graph_same_size", " (the hand-off's size)"), ("graph_int8", ", int8")):
+    for key, label in (("graph", ""), ("graph_same_size", " (the hand-off's size)"), ("graph_int8", ", int8"),
+                       ("graph_int8_same_size", ", int8 (the hand-off's size)")):
         if key in r:
             lines += graph_details(r[key], label)
     return "\n".join(lines) + "\n"
