@@ -4,8 +4,10 @@ outputs are the same bits as from the run that exported it.  torch costs a node 
 start-up (the bench reports both)."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +128,26 @@ def test_ort_spin_setting_reaches_the_sessions(tmp_path, fixture_weights):
                 assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
     finally:
         onnx_backend.SESSION_DEFAULTS["spinning"] = False
+
+
+LEAN_MUJOCO = """
+import os, runpy, sys
+runpy.run_path(sys.argv[1], run_name="node_main")  # the node's module body, not its main()
+import mujoco
+from so101_deploy.arm.safety import JointLimits
+JointLimits.from_model()
+maps = open("/proc/self/maps").read()
+print("MUJOCO_GL" in os.environ, "OSMesa" in maps or "LLVM" in maps)
+"""
+
+
+@pytest.mark.parametrize("node", ["servo", "controller", "observation", "monitor"])
+def test_nodes_that_only_need_kinematics_never_load_the_renderer(node):
+    """Under dora (DORA_NODE_CONFIG set) with the project's MUJOCO_GL=osmesa in the environment, a node that
+    uses MuJoCo only for kinematics or joint ranges drops it before mujoco loads OSMesa and LLVM (~45 MB)."""
+    main = Path(__file__).resolve().parent.parent / "nodes" / node / "main.py"
+    env = {**os.environ, "MUJOCO_GL": "osmesa", "DORA_NODE_CONFIG": "{}"}
+    out = subprocess.run([sys.executable, "-c", LEAN_MUJOCO, str(main)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"], (out.stdout, out.stderr[-2000:])

@@ -6,6 +6,10 @@ Inputs (all optional: wire what the flow has): ``image``, ``mask``, ``disparity`
 
 import sys
 
+from so101_deploy.core.gl import no_rendering_here
+
+no_rendering_here()  # first: MuJoCo is used for joint ranges only here, never to render (~45 MB)
+
 from so101_deploy.arm.safety import JointLimits
 from so101_deploy.core.node import Handlers, NodeSpec, run_node
 from so101_deploy.tools.monitor import SETTINGS, Monitor

@@ -26,6 +26,10 @@ import signal
 import sys
 import threading
 
+from so101_deploy.core.gl import no_rendering_here
+
+no_rendering_here()  # first: the safety filter's joint ranges come from MuJoCo, which never renders here (~45 MB)
+
 from so101_deploy.arm.servo_bus import ServoBusError
 from so101_deploy.arm.servo_node import SETTINGS, ServoNode, ServoSettings, wait_for_port
 from so101_deploy.arm.torque_guard import ParentWatch, TorqueGuard, TorqueGuardError
