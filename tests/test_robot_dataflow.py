@@ -42,6 +42,8 @@ def test_real_robot_graph_on_video_and_software_bus(tmp_path):
     assert res["startup_s"] is not None and res["startup_s"] > 0
     assert set(res["peak_rss_mb"]) == {"camera", "frame_gate", "seg", "depth", "observation", "policy", "controller",
                                        "servo", "estop", "monitor"}, res["peak_rss_mb"]
+    assert set(res["peak_pss_mb"]) == set(res["peak_rss_mb"])
+    assert 0 < res["peak_pss_mb_total"] < res["peak_rss_mb_total"]  # the shared libraries counted once
     # a guard, not a speed figure: nodes that run no model import no torch and load no meshes (~300 MB each)
     assert res["peak_rss_mb_max_lean"] < 300, res["peak_rss_mb"]
     md = render_markdown({"machine": {"device": "cpu", "cpu_count": 2, "torch": "x"}, "command": "so101-deploy bench",
@@ -52,7 +54,7 @@ def test_real_robot_graph_on_video_and_software_bus(tmp_path):
                           "int8_quantization_same_size": {"accepted": True, "correlation_min": 0.999, "check_frames": 4,
                                                           "int8_ms": 700.0, "fp32_ms": 1100.0},
                           "graph_int8_same_size": res, "speedup_int8_same_size_vs_handoff": 2.5})
-    for part in ("### Graph run, depth at 266", "start-up, `dora run` -> first goal", "| servo | ",
+    for part in ("### Graph run, depth at 266", "start-up, `dora run` -> first goal", "| servo | ", "MB PSS",
                  "| servo_write | ", "| depth_out | ", "speed-up over the hand-off pipeline",
                  "static int8 depth: int8 depth rejected", "correlates 0.999 (worst of 4", "**2.5x** the hand-off",
                  "### Graph run, depth at 266, int8 (the hand-off's size)"):

@@ -102,6 +102,8 @@ def test_session_memory_names_a_node_once_it_has_exec_d():
             time.sleep(0.05)
         mem.sample(proc.pid)
         assert set(mem.peak_mb) == {"fakenode"} and mem.peak_mb["fakenode"] > 1
+        # the proportional share is never more than the whole resident set
+        assert set(mem.peak_pss_mb) == {"fakenode"} and 0 < mem.peak_pss_mb["fakenode"] <= mem.peak_mb["fakenode"]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

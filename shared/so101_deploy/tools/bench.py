@@ -231,6 +231,9 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
             "startup_s": round(first - launched_unix_s, 2) if first is not None else None,
             "peak_rss_mb": peak,
             "peak_rss_mb_total": round(sum(v for k, v in peak.items() if k != "monitor"), 1),
+            # RSS counts the shared libraries in full in every node; PSS splits them: its sum is the real total
+            "peak_pss_mb": memory.peak_pss_mb,
+            "peak_pss_mb_total": round(sum(v for k, v in memory.peak_pss_mb.items() if k != "monitor"), 1),
             "peak_rss_mb_max_lean": max((v for k, v in peak.items() if k not in model_nodes | {"monitor"}),
                                         default=None),
             "timeline_ms": rep.get("timeline_ms") or {}}
@@ -456,8 +459,11 @@ def graph_details(g: dict[str, Any], label: str = "") -> list[str]:
 
     lines = ["", f"### Graph run, depth at {g['depth_size']}{label}", "",
              f"- start-up, `dora run` -> first goal: {g['startup_s']} s",
-             f"- peak resident memory: {g['peak_rss_mb_total']} MB for the graph (monitor excluded); largest node "
-             f"without a model: {g['peak_rss_mb_max_lean']} MB", "",
-             "| node | peak RSS MB |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in g["peak_rss_mb"].items()]
+             f"- peak resident memory of the graph (monitor excluded): {g.get('peak_pss_mb_total', 'n/a')} MB PSS "
+             f"(shared pages split among the nodes that map them: what the graph takes), "
+             f"{g['peak_rss_mb_total']} MB as a sum of RSS (every node counting the shared libraries in full); "
+             f"largest node without a model: {g['peak_rss_mb_max_lean']} MB RSS", "",
+             "| node | peak RSS MB | peak PSS MB |", "|---|---|---|"]
+    pss = g.get("peak_pss_mb") or {}
+    lines += [f"| {k} | {v} | {pss.get(k, 'n/a')} |" for k, v in g["peak_rss_mb"].items()]
     return lines + timeline_table(g.get("timeline_ms") or {})
