@@ -43,6 +43,9 @@ def test_real_robot_graph_on_video_and_software_bus(tmp_path):
     assert set(res["peak_rss_mb"]) == {"camera", "frame_gate", "seg", "depth", "observation", "policy", "controller",
                                        "servo", "estop", "monitor"}, res["peak_rss_mb"]
     assert set(res["peak_pss_mb"]) == set(res["peak_rss_mb"])
+    # the CPU census covers every node, dora itself and the bench's software bus, each a share of one core
+    assert set(res["cpu_percent"]) == set(res["peak_rss_mb"]) | {"dora", "software bus"}, res["cpu_percent"]
+    assert all(0 <= v <= 100 * 2 + 5 for v in res["cpu_percent"].values()) and res["cpu_percent"]["depth"] > 0
     assert 0 < res["peak_pss_mb_total"] < res["peak_rss_mb_total"]  # the shared libraries counted once
     # a guard, not a speed figure: nodes that run no model import no torch and load no meshes (~300 MB each)
     assert res["peak_rss_mb_max_lean"] < 300, res["peak_rss_mb"]
@@ -54,7 +57,7 @@ def test_real_robot_graph_on_video_and_software_bus(tmp_path):
                           "int8_quantization_same_size": {"accepted": True, "correlation_min": 0.999, "check_frames": 4,
                                                           "int8_ms": 700.0, "fp32_ms": 1100.0},
                           "graph_int8_same_size": res, "speedup_int8_same_size_vs_handoff": 2.5})
-    for part in ("### Graph run, depth at 266", "start-up, `dora run` -> first goal", "| servo | ", "MB PSS",
+    for part in ("### Graph run, depth at 266", "start-up, `dora run` -> first goal", "| servo | ", "MB PSS", "CPU once goals flow", "| software bus | - | - |",
                  "| servo_write | ", "| depth_out | ", "speed-up over the hand-off pipeline",
                  "static int8 depth: int8 depth rejected", "correlates 0.999 (worst of 4", "**2.5x** the hand-off",
                  "### Graph run, depth at 266, int8 (the hand-off's size)"):

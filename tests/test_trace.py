@@ -104,6 +104,10 @@ def test_session_memory_names_a_node_once_it_has_exec_d():
         assert set(mem.peak_mb) == {"fakenode"} and mem.peak_mb["fakenode"] > 1
         # the proportional share is never more than the whole resident set
         assert set(mem.peak_pss_mb) == {"fakenode"} and 0 < mem.peak_pss_mb["fakenode"] <= mem.peak_mb["fakenode"]
+        time.sleep(0.2)
+        mem.sample(proc.pid)
+        cpu = mem.cpu_percent()  # a sleeping process: a share of one core near 0
+        assert set(cpu) == {"fakenode"} and 0 <= cpu["fakenode"] < 50
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

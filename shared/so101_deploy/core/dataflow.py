@@ -175,10 +175,15 @@ class SessionMemory:
     A node is named by its ``node_id`` in the ``DORA_NODE_CONFIG`` dora gives it (else by the
     ``nodes/<id>/main.py`` of its command line); the sampling costs a few ms of CPU per period."""
 
-    def __init__(self, period_s: float = 0.25):
+    def __init__(self, period_s: float = 0.25, extra: Mapping[int, str] | None = None):
+        """``extra``: pid -> name of processes outside the session to sample too (the bench's software bus)."""
         self.period_s = period_s
         self.peak_mb: dict[str, float] = {}
         self.peak_pss_mb: dict[str, float] = {}
+        self.extra = dict(extra or {})
+        # (pid, name) -> [(unix time s, user + system CPU ticks), ...] for the CPU census (a process that
+        # exec's into a node starts a new series under the node's name)
+        self._cpu: dict[tuple[int, str], list[tuple[float, int]]] = {}
         self._names: dict[int, str | None] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -213,14 +218,22 @@ class SessionMemory:
         return self._names[pid]
 
     def sample(self, sid: int) -> None:
+        now = time.time()
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                if int(stat.read_text().rsplit(")", 1)[1].split()[3]) != sid:
-                    continue
+                fields = stat.read_text().rsplit(")", 1)[1].split()
                 pid = int(stat.parent.name)
-                name = self._name(pid)
+                if pid in self.extra:
+                    name = self.extra[pid]
+                elif int(fields[3]) != sid:
+                    continue
+                else:  # the session's leader, when not a node, is `dora run`: the daemon and the coordinator
+                    name = self._name(pid) or ("dora" if pid == sid else None)
                 if name is None:
                     continue
+                self._cpu.setdefault((pid, name), []).append((now, int(fields[11]) + int(fields[12])))
+                if name == "dora" or pid in self.extra:
+                    continue  # not a node: CPU only
                 status = (stat.parent / "status").read_text()
             except (OSError, ValueError, IndexError):
                 continue
@@ -233,6 +246,19 @@ class SessionMemory:
                 m = None
             if m:
                 self.peak_pss_mb[name] = max(self.peak_pss_mb.get(name, 0.0), int(m.group(1)) / 1024)
+
+    def cpu_percent(self, since_unix_s: float | None = None) -> dict[str, float]:
+        """CPU time per name as % of one core, from the first sample at or after ``since_unix_s`` (e.g. the
+        first goal: model loading and exports left out) to the last; processes of one name are summed."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out: dict[str, float] = {}
+        for (_, name), samples in list(self._cpu.items()):
+            window = [s for s in samples if since_unix_s is None or s[0] >= since_unix_s]
+            if len(window) < 2 or window[-1][0] <= window[0][0]:
+                continue
+            (t0, c0), (t1, c1) = window[0], window[-1]
+            out[name] = out.get(name, 0.0) + 100.0 * (c1 - c0) / tick / (t1 - t0)
+        return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
     def _run(self, sid: int) -> None:
         while not self._stop.wait(self.period_s):

@@ -41,6 +41,11 @@ CAMERA_FPS = 30.0  # dataflow.yml's SO101_CAMERA_FPS; the generated video plays 
 HANDOFF_DEPTH_SIZE = 518  # Depth Anything V2's own input size, as the hand-off runs it
 
 
+MODEL_NODES = frozenset({"seg", "depth", "policy"})
+BUS_NAME = "software bus"  # the emulated STS3215 bus (a real arm's bus costs the computer nothing)
+BENCH_ONLY = frozenset({"monitor", BUS_NAME})
+
+
 def _frames(n: int = 8) -> list[np.ndarray]:
     from so101_deploy.sim.synthetic import render_frame  # noqa: PLC0415
 
@@ -207,7 +212,7 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
                               "joint_state": {"source": "servo/joint_state", "queue_size": 1}}}
         flow = prepare(src, out_dir / "dataflow.bench.yml", env=env, extra_nodes=[monitor])
         until = (lambda log: _torque_enabled(bus_log)) if until_torque_s is not None else None
-        memory = SessionMemory()
+        memory = SessionMemory(extra={bus.pid: BUS_NAME})
         launched_unix_s = time.time()
         res = run_dataflow(flow, seconds, log_path=out_dir / "dora.log", grace_s=120, until=until,
                            linger_s=until_torque_s or 0.0, memory=memory)
@@ -223,7 +228,6 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
     # repeated goals between frames do not count); measured from the first to the last such goal
     first = rep.get("first_goal_unix_s")
     peak = memory.stop()
-    model_nodes = {"seg", "depth", "policy"}
     return {"returncode": res.returncode, "seconds": seconds, "report": rep,
             "control_rate_hz": round(rep["new_frame_goal_rate_hz"], 3),
             "depth_size": depth_size,
@@ -233,8 +237,10 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
             "peak_rss_mb_total": round(sum(v for k, v in peak.items() if k != "monitor"), 1),
             # RSS counts the shared libraries in full in every node; PSS splits them: its sum is the real total
             "peak_pss_mb": memory.peak_pss_mb,
+            # where the CPU goes once goals flow (model loading and exports left out): % of one core each
+            "cpu_percent": memory.cpu_percent(first),
             "peak_pss_mb_total": round(sum(v for k, v in memory.peak_pss_mb.items() if k != "monitor"), 1),
-            "peak_rss_mb_max_lean": max((v for k, v in peak.items() if k not in model_nodes | {"monitor"}),
+            "peak_rss_mb_max_lean": max((v for k, v in peak.items() if k not in MODEL_NODES | {"monitor"}),
                                         default=None),
             "timeline_ms": rep.get("timeline_ms") or {}}
 
@@ -463,7 +469,15 @@ def graph_details(g: dict[str, Any], label: str = "") -> list[str]:
              f"(shared pages split among the nodes that map them: what the graph takes), "
              f"{g['peak_rss_mb_total']} MB as a sum of RSS (every node counting the shared libraries in full); "
              f"largest node without a model: {g['peak_rss_mb_max_lean']} MB RSS", "",
-             "| node | peak RSS MB | peak PSS MB |", "|---|---|---|"]
-    pss = g.get("peak_pss_mb") or {}
-    lines += [f"| {k} | {v} | {pss.get(k, 'n/a')} |" for k, v in g["peak_rss_mb"].items()]
+             "| node | peak RSS MB | peak PSS MB | CPU, % of one core |", "|---|---|---|---|"]
+    pss, cpu = g.get("peak_pss_mb") or {}, g.get("cpu_percent") or {}
+    lines += [f"| {k} | {v} | {pss.get(k, 'n/a')} | {cpu.get(k, 'n/a')} |" for k, v in g["peak_rss_mb"].items()]
+    lines += [f"| {k} | - | - | {v} |" for k, v in cpu.items() if k not in g["peak_rss_mb"]]
+    if cpu:
+        models = sum(v for k, v in cpu.items() if k in MODEL_NODES)
+        tools = sum(v for k, v in cpu.items() if k in BENCH_ONLY)
+        rest = sum(cpu.values()) - models - tools
+        lines += ["", f"CPU once goals flow, of the machine's {os.cpu_count()} cores: the models (seg, depth, policy) "
+                      f"{models:.0f} % of a core, the rest of the graph (dora, camera, gate, observation, controller, "
+                      f"servo, e-stop) {rest:.0f} %, the bench's own monitor and software bus {tools:.0f} %."]
     return lines + timeline_table(g.get("timeline_ms") or {})
