@@ -5,17 +5,21 @@ torque guard (``scservo_sdk`` and the standard library only):
   to the next one);
 - the reply window is ``reply_window_ms`` (LeRobot's 50 ms; the stock SDK's 34 ms is missed on a loaded
   machine), after gitee.com/ftservo/SCServoSDK/issues/IBY2S6 as Feetech's newer SDK does;
-- no busy poll: 0.1 ms of sleep between empty reads leaves the cores to the models (and to the software
-  bus, which otherwise can miss the SDK's window).
+- no busy poll: after an empty read the SDK's loop waits in ``select`` until a byte arrives (at most
+  1 ms, so its own reply-window check still runs), which leaves the cores to the models (and to the
+  software bus, which otherwise can miss the SDK's window).  A fixed 0.1 ms sleep instead woke the servo
+  node up to 10 000 times a second while a reply was on its way.
 """
 
 from __future__ import annotations
 
+import select
 import time
 
 import scservo_sdk as scs
 
 REPLY_WINDOW_MS = 50.0  # how long the SDK waits for a reply (LeRobot's value; stock SDK: 34 ms)
+WAIT_FOR_BYTES_S = 0.001  # an empty read waits this long at most for the next byte (select: woken at once)
 
 
 class PortHandler(scs.PortHandler):
@@ -33,5 +37,8 @@ class PortHandler(scs.PortHandler):
     def readPort(self, length):
         data = self.ser.read(length)
         if not data:
-            time.sleep(0.0001)
+            try:
+                select.select([self.ser.fileno()], [], [], WAIT_FOR_BYTES_S)
+            except (OSError, ValueError, AttributeError):  # a port without a file descriptor, or closed
+                time.sleep(0.0001)
         return data
