@@ -57,8 +57,9 @@ def test_real_robot_graph_on_video_and_software_bus(tmp_path):
                           "int8_quantization_same_size": {"accepted": True, "correlation_min": 0.999, "check_frames": 4,
                                                           "int8_ms": 700.0, "fp32_ms": 1100.0},
                           "graph_int8_same_size": res, "speedup_int8_same_size_vs_handoff": 2.5})
-    for part in ("### Graph run, depth at 266", "start-up, `dora run` -> first goal", "| servo | ", "MB PSS", "CPU once goals flow", "| software bus | - | - |",
-                 "| servo_write | ", "| depth_out | ", "speed-up over the hand-off pipeline",
+    for part in ("### Graph run, depth at 266", "start-up, `dora run` -> first goal", "| servo | ", "MB PSS",
+                 "CPU once goals flow", "| software bus | - | - |", "| servo_write | ", "| depth_out | ",
+                 "speed-up over the hand-off pipeline",
                  "static int8 depth: int8 depth rejected", "correlates 0.999 (worst of 4", "**2.5x** the hand-off",
                  "### Graph run, depth at 266, int8 (the hand-off's size)"):
         assert part in md, (part, md)

@@ -193,12 +193,13 @@ class SessionMemory:
         self._thread.start()
 
     def stop(self) -> dict[str, float]:
-        """Ends the sampling; the peak VmRSS per node (``peak_pss_mb`` holds the PSS)."""
+        """Ends the sampling and rounds the peaks (MB, 0.1); returns ``peak_mb`` (``peak_pss_mb`` has the PSS)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        self.peak_pss_mb = {k: round(v, 1) for k, v in sorted(self.peak_pss_mb.items())}
-        return {k: round(v, 1) for k, v in sorted(self.peak_mb.items())}
+        self.peak_mb, self.peak_pss_mb = ({k: round(v, 1) for k, v in sorted(d.items())}
+                                          for d in (self.peak_mb, self.peak_pss_mb))
+        return self.peak_mb
 
     def _name(self, pid: int) -> str | None:
         if pid not in self._names:

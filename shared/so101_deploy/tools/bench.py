@@ -237,9 +237,9 @@ def bench_graph(models: dict[str, Path], device: str, seconds: float, out_dir: P
             "peak_rss_mb_total": round(sum(v for k, v in peak.items() if k != "monitor"), 1),
             # RSS counts the shared libraries in full in every node; PSS splits them: its sum is the real total
             "peak_pss_mb": memory.peak_pss_mb,
+            "peak_pss_mb_total": round(sum(v for k, v in memory.peak_pss_mb.items() if k != "monitor"), 1),
             # where the CPU goes once goals flow (model loading and exports left out): % of one core each
             "cpu_percent": memory.cpu_percent(first),
-            "peak_pss_mb_total": round(sum(v for k, v in memory.peak_pss_mb.items() if k != "monitor"), 1),
             "peak_rss_mb_max_lean": max((v for k, v in peak.items() if k not in MODEL_NODES | {"monitor"}),
                                         default=None),
             "timeline_ms": rep.get("timeline_ms") or {}}
@@ -477,7 +477,7 @@ def graph_details(g: dict[str, Any], label: str = "") -> list[str]:
         models = sum(v for k, v in cpu.items() if k in MODEL_NODES)
         tools = sum(v for k, v in cpu.items() if k in BENCH_ONLY)
         rest = sum(cpu.values()) - models - tools
-        lines += ["", f"CPU once goals flow, of the machine's {os.cpu_count()} cores: the models (seg, depth, policy) "
-                      f"{models:.0f} % of a core, the rest of the graph (dora, camera, gate, observation, controller, "
-                      f"servo, e-stop) {rest:.0f} %, the bench's own monitor and software bus {tools:.0f} %."]
+        lines += ["", f"CPU once goals flow, in % of one core: the models (seg, depth, policy) {models:.0f} %, "
+                      f"the rest of the graph (dora, camera, gate, observation, controller, servo, e-stop) "
+                      f"{rest:.0f} %, the bench's own monitor and software bus {tools:.0f} %."]
     return lines + timeline_table(g.get("timeline_ms") or {})

@@ -6,11 +6,13 @@ with activation ranges calibrated on real frames lets onnxruntime run the linear
 int8 (VNNI where the CPU has it).  The fp32 export's attention is one fused ``MultiHeadAttention`` node per
 block (:mod:`so101_deploy.perception.ort_attention`), which QDQ leaves in fp32: quantising the plain
 attention's Softmax and activation-by-activation matmuls made int8 slower than fp32 at depth 518 (695 vs
-627 ms); with the fused node int8 is ~1.5x faster than fp32 at 518 and ~1.6x at 266.  Calibration uses the first frames of ``--frames``, the
-check the others: each held-out frame's 84x84 disparity observation (per-frame min-max -> uint8 -> crop
--> AREA, exactly what the policy sees) is correlated with fp32's, and the export is written to the ONNX
-cache (where the depth node finds it with ``SO101_DEPTH_INT8=true``) only when the lowest correlation is at
-least ``--min-correlation`` (0.99).  Calibrate with frames from your own camera over your own scene.
+627 ms); with the fused node int8 is ~1.5x faster than fp32 at 518 and ~1.6x at 266.
+
+Calibration uses the first frames of ``--frames``, the check the others: each held-out frame's 84x84
+disparity observation (per-frame min-max -> uint8 -> crop -> AREA, exactly what the policy sees) is
+correlated with fp32's, and the export is written to the ONNX cache (where the depth node finds it with
+``SO101_DEPTH_INT8=true``) only when the lowest correlation is at least ``--min-correlation`` (0.99).
+Calibrate with frames from your own camera over your own scene.
 """
 
 from __future__ import annotations
